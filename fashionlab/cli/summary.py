@@ -1,0 +1,22 @@
+"""fashionlab summary RECIPE|FILE.toml"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="print a model's layers, shapes and parameter counts",
+                       description="Build a model from a recipe or spec (no training) and "
+                       "print a Keras-style table.")
+    p.add_argument("source", metavar="RECIPE|FILE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fashionlab import config, models
+
+    resolved = config.resolve(args.source, overrides=args.overrides)
+    print(models.summary(models.build(resolved["model"]["layers"])))
+    return 0

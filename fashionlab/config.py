@@ -1,0 +1,229 @@
+"""Experiment configs: defaults < recipe or spec file < command-line flags < --set overrides.
+
+A config is one TOML document with the sections below; a recipe is the same document shipped
+in `fashionlab/recipes/`. Unknown sections or keys and values of the wrong type are errors
+that name the key, never silently ignored. The resolved config is saved in every run folder.
+
+    fashionlab show weil-fc
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+
+from fashionlab.errors import SpecError
+
+# Every key a config may hold, with its default. A key's type is its default's type.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "recipe": {
+        "report": "",                    # report file the recipe reproduces
+        "section": "",                   # where in the report
+        "description": "",               # one line, shown by `fashionlab recipes`
+        "claimed_test_accuracy": 0.0,    # the report's figure, as a fraction; 0 = none claimed
+        "claimed_params": 0,             # the report's parameter count; 0 = not stated
+        "notes": "",                     # what the report left out and what we chose, and why
+    },
+    "model": {
+        "name": "",
+        "layers": [],                    # Keras-like layer tables; see fashionlab.models
+    },
+    "data": {
+        "dataset": "fashion-mnist",      # or "any": another 28x28 IDX/CSV set, unverified
+        "val": "first:5000",             # first:N | last:F (Keras) | fraction:F | none
+        "normalize": "scale",            # scale: x/255 | standard: (x/255-mean)/std | raw: 0..255
+    },
+    "train": {
+        "engine": "torch",               # torch | numpy (the from-scratch engine)
+        "optimizer": "adam",             # sgd | adam | adamw | rmsprop, with Keras's defaults
+        "lr": 0.0,                       # 0 = the optimizer's Keras default (sgd 0.01, else 0.001)
+        "momentum": 0.0,                 # sgd and rmsprop
+        "nesterov": False,               # sgd
+        "weight_decay": 0.0,             # adamw: decoupled; others: added to the gradient
+        "batch_size": 32,                # Keras's default
+        "epochs": 10,
+        "schedule": "constant",          # constant | cosine | onecycle (per step)
+        "warmup_epochs": 0.0,            # linear warm-up from 0, for cosine and constant
+        "label_smoothing": 0.0,
+        "ema": 0.0,                      # decay of a moving average of the weights; 0 = off
+        "patience": 0,                   # stop after N epochs without improvement; 0 = off
+        "monitor": "val_accuracy",       # val_accuracy | val_loss: for early stopping
+        "restore_best": True,            # with early stopping: keep the best epoch's weights
+        "seed": 0,
+        "precision": "auto",             # auto | fp32 | bf16 (auto: bf16 where it is fast)
+        "channels_last": "auto",         # auto | on | off, for conv nets
+        "tta_flip": False,               # evaluate on image + mirror image, averaged
+        "eval_batch_size": 1000,
+    },
+    "augment": {
+        "flip": 0.0,                     # probability of a horizontal flip (report 004)
+        "translate": 0,                  # random shift by up to N pixels (zero padding)
+        "rotate": 0.0,                   # random rotation by up to N degrees
+        "erase": 0.0,                    # probability of random erasing (one rectangle)
+    },
+}
+
+CHOICES = {
+    ("data", "dataset"): ("fashion-mnist", "any"),
+    ("data", "normalize"): ("scale", "standard", "raw"),
+    ("train", "engine"): ("torch", "numpy"),
+    ("train", "optimizer"): ("sgd", "adam", "adamw", "rmsprop"),
+    ("train", "schedule"): ("constant", "cosine", "onecycle"),
+    ("train", "monitor"): ("val_accuracy", "val_loss"),
+    ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("train", "channels_last"): ("auto", "on", "off"),
+}
+POSITIVE = {("train", "batch_size"), ("train", "epochs"), ("train", "eval_batch_size")}
+NON_NEGATIVE = {("train", k) for k in ("lr", "momentum", "weight_decay", "warmup_epochs",
+                                        "label_smoothing", "ema", "patience")}
+PROBABILITIES = {("augment", "flip"), ("augment", "erase"), ("train", "label_smoothing"),
+                 ("train", "ema")}
+
+RECIPES = resources.files("fashionlab") / "recipes"
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}[type(value)]
+
+
+def _check_value(section: str, key: str, value: Any) -> Any:
+    default = DEFAULTS[section][key]
+    where = f"{section}.{key}"
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        raise SpecError(f"{where} must be {_type_name(default)}, got {value!r}")
+    if (section, key) in CHOICES and value not in CHOICES[section, key]:
+        raise SpecError(f"{where} must be one of {', '.join(CHOICES[section, key])}, "
+                        f"got {value!r}")
+    if (section, key) in POSITIVE and value <= 0:
+        raise SpecError(f"{where} must be positive, got {value}")
+    if (section, key) in NON_NEGATIVE and value < 0:
+        raise SpecError(f"{where} must not be negative, got {value}")
+    if (section, key) in PROBABILITIES and not 0 <= value < 1:
+        raise SpecError(f"{where} must lie in [0, 1), got {value}")
+    return value
+
+
+def merge(config: dict, update: dict, origin: str) -> dict:
+    """Return `config` with the sections of `update` laid over it, every key checked."""
+    out = copy.deepcopy(config)
+    for section, table in update.items():
+        if section not in DEFAULTS:
+            raise SpecError(f"{origin}: unknown section [{section}]"
+                            f"{_suggest(section, DEFAULTS)}")
+        if not isinstance(table, dict):
+            raise SpecError(f"{origin}: [{section}] must be a table")
+        for key, value in table.items():
+            if key not in DEFAULTS[section]:
+                raise SpecError(f"{origin}: unknown key {section}.{key}"
+                                f"{_suggest(key, DEFAULTS[section])}")
+            out[section][key] = _check_value(section, key, value)
+    return out
+
+
+def parse_toml(text: str, origin: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{origin}: invalid TOML ({e})") from None
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name[:-5] for p in RECIPES.iterdir() if p.name.endswith(".toml"))
+
+
+def read_source(source: str) -> tuple[dict, str]:
+    """A recipe name or a TOML file path -> (its parsed document, where it came from)."""
+    path = Path(source)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            return parse_toml(path.read_text(), str(path)), str(path)
+        except OSError as e:
+            raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    names = recipe_names()
+    if source not in names:
+        raise SpecError(f"no recipe or file named {source!r}{_suggest(source, names)}; "
+                        "`fashionlab recipes` lists them")
+    doc = parse_toml((RECIPES / f"{source}.toml").read_text(), f"recipe {source}")
+    doc.setdefault("model", {}).setdefault("name", source)
+    return doc, f"recipe {source}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=0.01` -> (['train', 'lr'], 0.01); values are TOML, bare words are strings."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_override(config: dict, path: list[str], value: Any) -> dict:
+    """Set one dotted key; a layer's key is addressed by index, e.g. model.layers.1.units."""
+    name = ".".join(path)
+    if len(path) == 2:
+        return merge(config, {path[0]: {path[1]: value}}, f"--set {name}")
+    if len(path) != 4 or path[:2] != ["model", "layers"]:
+        raise SpecError(f"--set {name}: unknown key (use section.key or model.layers.N.key)")
+    layers = config["model"]["layers"]
+    if not (path[2].isdigit() and int(path[2]) < len(layers)):
+        raise SpecError(f"--set {name}: no layer {path[2]} (the model has {len(layers)}, "
+                        "numbered from 0)")
+    out = copy.deepcopy(config)
+    out["model"]["layers"][int(path[2])][path[3]] = value  # checked when the model is built
+    return out
+
+
+def resolve(source: str | dict | None, flags: dict | None = None,
+            overrides: list[str] = ()) -> dict:
+    """The full config for a run: defaults, then the file, then flags, then --set items."""
+    config = copy.deepcopy(DEFAULTS)
+    if isinstance(source, dict):
+        config = merge(config, source, "config")
+    elif source is not None:
+        doc, origin = read_source(source)
+        config = merge(config, doc, origin)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            section, key = dotted.split(".")
+            config = merge(config, {section: {key: value}}, f"--{key.replace('_', '-')}")
+    for item in overrides:
+        config = apply_override(config, *parse_override(item))
+    if not config["model"]["layers"]:
+        raise SpecError("the config has no [model] layers")
+    return config
+
+
+def learning_rate(train: dict) -> float:
+    """The configured lr, or the optimizer's Keras default when lr = 0."""
+    if train["lr"] > 0:
+        return train["lr"]
+    return 0.01 if train["optimizer"] == "sgd" else 0.001
+
+
+def dumps(config: dict) -> str:
+    return tomli_w.dumps(config)
+
+
+def digest(config: dict) -> str:
+    """Hash of what changes the result (the recipe header does not), to detect changed configs."""
+    relevant = {k: v for k, v in config.items() if k != "recipe"}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,298 @@
+"""Fashion-MNIST (or any data set in its IDX or Kaggle-CSV layout) loaded into memory.
+
+    fashionlab data info
+
+Sources, in order: an explicit directory (--data-dir or $FASHIONLAB_DATA), Debian's package
+`dataset-fashion-mnist`, then a user cache filled by a checksum-verified download. Everything
+here is NumPy so the NumPy engine and the classic baselines can use it without torch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fashionlab.errors import DataError
+
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+# SHA-256 of the *decompressed* IDX files: Debian recompresses the .gz files, so hashing the
+# compressed bytes would reject a good copy.
+SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DOWNLOAD_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+CSV_NAMES = ("fashion-mnist_train.csv", "fashion-mnist_test.csv")
+IMAGE_SIZE = 28
+IDX_UBYTE = 0x08
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """The train and test splits as uint8 arrays: images (N, 28, 28), labels (N,)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    source: str
+    path: Path
+    verified: bool
+    classes: tuple[str, ...] = CLASSES
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _decompress(raw: bytes, name: str) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{name}: corrupt or truncated gzip data ({e})") from None
+
+
+def _open_bytes(path: Path) -> bytes:
+    try:
+        return _decompress(path.read_bytes(), str(path))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
+    """Decode IDX bytes (the MNIST file format) into a uint8 array, checking every field."""
+    if len(raw) < 4:
+        raise DataError(f"{name}: too short to be an IDX file ({len(raw)} bytes)")
+    zero, dtype, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
+    if zero != 0 or ndim not in (1, 3):
+        raise DataError(
+            f"{name}: wrong magic number 0x{raw[:4].hex()} "
+            "(expected 0x00000801 for labels or 0x00000803 for images)")
+    if dtype != IDX_UBYTE:
+        raise DataError(f"{name}: IDX data type 0x{dtype:02x} is not unsigned bytes (0x08)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{name}: truncated header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims, dtype=np.int64))
+    body = len(raw) - header
+    if body < expected:
+        raise DataError(f"{name}: truncated: header promises {expected} bytes of data "
+                        f"for shape {dims}, file holds {body}")
+    if body > expected:
+        raise DataError(f"{name}: {body - expected} unexpected bytes after the data "
+                        f"for shape {dims}")
+    return np.frombuffer(raw, np.uint8, expected, header).reshape(dims).copy()
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file, gzipped or not."""
+    path = Path(path)
+    return parse_idx(_open_bytes(path), str(path))
+
+
+def parse_csv(text: str, name: str = "CSV data") -> tuple[np.ndarray, np.ndarray]:
+    """Decode the Kaggle layout: a header `label,pixel1..pixel784`, then one image per row."""
+    lines = text.strip().splitlines()
+    if not lines or not lines[0].lower().startswith("label"):
+        raise DataError(f"{name}: expected a header starting with 'label' (Kaggle layout)")
+    ncol = lines[0].count(",") + 1
+    if ncol != 1 + IMAGE_SIZE * IMAGE_SIZE:
+        raise DataError(f"{name}: header has {ncol} columns, expected 785 (label + 784 pixels)")
+    rows = lines[1:]
+    if not rows:
+        raise DataError(f"{name}: no data rows")
+    try:
+        values = np.array([r.split(",") for r in rows], dtype=np.int64)
+    except ValueError:
+        bad = next(i for i, r in enumerate(rows, 2) if r.count(",") != ncol - 1
+                   or not all(v.strip().lstrip("-").isdigit() for v in r.split(",")))
+        raise DataError(f"{name}: line {bad} is not {ncol} integers") from None
+    if values.min() < 0 or values[:, 1:].max() > 255:
+        raise DataError(f"{name}: pixel values must lie in 0..255")
+    images = values[:, 1:].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    return images, _check_labels(values[:, 0], name)
+
+
+def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path)
+    try:
+        text = _open_bytes(path).decode("ascii")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text CSV file") from None
+    return parse_csv(text, str(path))
+
+
+def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{name}: labels must lie in 0..9, found {int(labels.min())}.."
+                        f"{int(labels.max())}")
+    return labels.astype(np.uint8)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    alt = stem.replace("-idx", ".idx")  # MNIST's own site names them train-images.idx3-ubyte
+    for name in (stem, stem + ".gz", alt, alt + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_idx_folder(folder: Path) -> tuple[dict, bool, dict]:
+    arrays, hashes, verified = {}, {}, True
+    for stem in SHA256:
+        path = _find_idx(folder, stem)
+        if path is None:
+            raise DataError(f"{folder}: missing {stem}[.gz]")
+        raw = _open_bytes(path)
+        digest = hashlib.sha256(raw).hexdigest()
+        hashes[path.name] = digest
+        verified &= digest == SHA256[stem]
+        arrays[stem] = parse_idx(raw, str(path))
+    return arrays, verified, hashes
+
+
+def _pair(images: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{what} images have shape {images.shape[1:]}, expected "
+                        f"({IMAGE_SIZE}, {IMAGE_SIZE}) (one 28x28 grayscale image per item)")
+    if labels.ndim != 1:
+        raise DataError(f"{what} labels must be one-dimensional, got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{what}: {len(images)} images but {len(labels)} labels")
+    return images, _check_labels(labels, f"{what} labels")
+
+
+def looks_like_mnist_digits(images: np.ndarray) -> bool:
+    """MNIST digits are thin strokes (mean pixel ~33); Fashion-MNIST garments are filled (~73)."""
+    return float(images[:2000].mean()) < 45.0
+
+
+def source_dir(data_dir: str | Path | None = None) -> tuple[str, Path]:
+    """Where the data will come from, without reading it: (source name, folder)."""
+    if data_dir:
+        return "--data-dir", Path(data_dir)
+    if os.environ.get("FASHIONLAB_DATA"):
+        return "FASHIONLAB_DATA", Path(os.environ["FASHIONLAB_DATA"])
+    if _find_idx(DEBIAN_DIR, "t10k-labels-idx1-ubyte"):
+        return "debian package dataset-fashion-mnist", DEBIAN_DIR
+    return "download cache", cache_dir()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fashionlab" / "fashion-mnist"
+
+
+def download(folder: Path, base_url: str | None = None, timeout: float = 30.0) -> None:
+    """Fill `folder` with the four files, keeping only those whose content hash matches."""
+    base_url = base_url or os.environ.get("FASHIONLAB_MIRROR") or DOWNLOAD_URL
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, expected in SHA256.items():
+        target = folder / (stem + ".gz")
+        if target.is_file():
+            continue
+        url = base_url.rstrip("/") + "/" + stem + ".gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                raw = response.read()
+        except OSError as e:
+            raise DataError(
+                f"Fashion-MNIST not found and the download of {url} failed ({e}); pass "
+                "--data-dir DIR, set FASHIONLAB_DATA, or apt-get install dataset-fashion-mnist"
+            ) from None
+        if hashlib.sha256(_decompress(raw, url)).hexdigest() != expected:
+            raise DataError(f"{url}: downloaded content does not match the known SHA-256")
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(raw)
+        os.replace(tmp, target)
+
+
+def load(data_dir: str | Path | None = None, dataset: str = "fashion-mnist") -> DataSet:
+    """Load train and test sets. `dataset="any"` accepts other IDX/CSV data sets unverified."""
+    if dataset not in ("fashion-mnist", "any"):
+        raise DataError(f"unknown dataset {dataset!r}: use 'fashion-mnist' or 'any'")
+    source, folder = source_dir(data_dir)
+    if source == "download cache" and not _find_idx(folder, "t10k-labels-idx1-ubyte"):
+        download(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} ({source}) does not exist")
+    hashes: dict[str, str] = {}
+    if all((folder / n).is_file() for n in CSV_NAMES) and not _find_idx(
+            folder, "train-images-idx3-ubyte"):
+        train_x, train_y = read_csv(folder / CSV_NAMES[0])
+        test_x, test_y = read_csv(folder / CSV_NAMES[1])
+        verified = False
+    else:
+        arrays, verified, hashes = _load_idx_folder(folder)
+        train_x, train_y = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+        test_x, test_y = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+    train_x, train_y = _pair(train_x, train_y, "training")
+    test_x, test_y = _pair(test_x, test_y, "test")
+    if dataset == "fashion-mnist" and not verified:
+        if looks_like_mnist_digits(train_x):
+            raise DataError(f"{folder}: these are MNIST handwritten digits, not Fashion-MNIST "
+                            "(use --dataset any to train on them anyway)")
+        if hashes:
+            raise DataError(f"{folder}: files do not match the SHA-256 of Fashion-MNIST "
+                            "(modified or another data set; use --dataset any to accept them)")
+    classes = CLASSES if dataset == "fashion-mnist" else tuple(str(i) for i in range(10))
+    return DataSet(train_x, train_y, test_x, test_y, source, folder, verified, classes, hashes)
+
+
+def split(n: int, val: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) for a validation spec.
+
+    `first:N` holds out the first N images (report 000); `last:F` the last fraction, which is
+    what Keras's `validation_split=F` does; `fraction:F` a seeded random fraction; `none`.
+    """
+    kind, _, arg = val.partition(":")
+    idx = np.arange(n)
+    if kind == "none" and not arg:
+        return idx, idx[:0]
+    try:
+        number = float(arg)
+    except ValueError:
+        number = -1.0
+    if kind == "first" and number == int(number) and 0 < number < n:
+        return idx[int(number):], idx[:int(number)]
+    if kind in ("last", "fraction") and 0 < number < 1:
+        k = int(round(n * number))
+        if kind == "last":
+            return idx[: n - k], idx[n - k:]
+        perm = np.random.default_rng(seed).permutation(n)
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    raise DataError(f"bad validation split {val!r}: use first:N (0<N<{n}), last:F or "
+                    "fraction:F (0<F<1), or none")
+
+
+def class_counts(labels: np.ndarray) -> np.ndarray:
+    return np.bincount(labels, minlength=10)
+
+
+# Mean and standard deviation of x/255 over the Fashion-MNIST training images.
+MEAN, STD = 0.2860, 0.3530
+
+
+def normalizer(kind: str) -> tuple[float, float]:
+    """(a, b) so that normalised = pixels * a + b, for pixels in 0..255."""
+    if kind == "scale":
+        return 1 / 255, 0.0
+    if kind == "standard":
+        return 1 / (255 * STD), -MEAN / STD
+    if kind == "raw":
+        return 1.0, 0.0
+    raise DataError(f"unknown normalisation {kind!r}: use scale, standard or raw")

@@ -1,0 +1,222 @@
+"""Run folders: every training run writes one self-describing folder.
+
+    runs/20261123-114501-weil-fc/
+        config.toml          resolved config (spec + every option)
+        run.json             state (running/finished/interrupted/diverged/failed), reason,
+                             command, code version, machine, precision
+        history.csv          one row per finished epoch, rewritten as each epoch ends
+        metrics.json         test_accuracy (fraction), test_loss, epochs_run, train_seconds, params
+        model.safetensors    final weights
+        predictions.safetensors  per-image test probabilities (float16) and labels
+        checkpoint.safetensors   what resuming needs, replaced atomically each epoch
+
+Every file is written to a temporary name in the same folder, fsynced and renamed, so a kill
+or a full disk leaves the previous version intact. NumPy only: both engines write here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+from safetensors.numpy import load_file, save_file
+
+from fashionlab.errors import RunError, UserError
+
+_UMASK = os.umask(0o22)
+os.umask(_UMASK)
+STATES = ("running", "finished", "interrupted", "diverged", "failed")
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+def _atomic(path: Path, write) -> None:
+    """Write via `write(tmp_path)` then rename over `path`; on failure `path` is untouched."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the user's usual permissions
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e} (previous version kept)") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_tensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    _atomic(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
+
+
+def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Safetensors holds no code, so reading a user's file cannot run anything."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (OSError, ValueError, RuntimeError) as e:
+        raise RunError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+@cache
+def code_version() -> str:
+    """Git commit of the fashionlab source (with +dirty), or the package version."""
+    from fashionlab import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{__version__}+git.{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def create(name: str, out: str | Path | None = None) -> Path:
+    """Make a new, unique run folder; mkdir is atomic, so concurrent runs never share one."""
+    base = Path(out) if out else Path("runs")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {base}: {e.strerror}") from None
+    if not os.access(base, os.W_OK):
+        raise UserError(f"output folder {base} is not writable")
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{name or 'run'}".replace("/", "-")
+    for i in range(1000):
+        path = base / (stem if i == 0 else f"{stem}-{i + 1}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot find a free run folder name under {base}")
+
+
+def start(path: Path, config_toml: str, info: dict[str, Any]) -> None:
+    write_text(path / "config.toml", config_toml)
+    info = {"state": "running", "reason": "", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "code_version": code_version(), "python": platform.python_version(),
+            "host": platform.node(), **info}
+    write_json(path / "run.json", info)
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "run.json").read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is not a fashionlab run folder (no run.json)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}/run.json is unreadable ({e})") from None
+
+
+def update_info(path: Path, **fields: Any) -> None:
+    info = read_info(path)
+    info.update(fields)
+    write_json(path / "run.json", info)
+
+
+def set_state(path: Path, state: str, reason: str = "") -> None:
+    assert state in STATES, state
+    extra = {"ended": time.strftime("%Y-%m-%dT%H:%M:%S")} if state != "running" else {}
+    update_info(path, state=state, reason=reason, **extra)
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path / "history.csv", buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    file = path / "history.csv"
+    if not file.exists():
+        return []
+    with open(file) as f:
+        return [{k: (float(v) if v not in ("", None) else float("nan")) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def save_predictions(path: Path, probabilities: np.ndarray, labels: np.ndarray) -> None:
+    """float16 test-set probabilities (10k x 10 = 200 kB) for McNemar tests and galleries."""
+    write_tensors(path / "predictions.safetensors",
+                  {"probabilities": probabilities.astype(np.float16),
+                   "labels": labels.astype(np.uint8)}, {"format": "fashionlab-predictions"})
+
+
+@dataclass
+class Run:
+    """A finished (or inspected) run folder, read back."""
+
+    path: Path
+    config: dict[str, Any]
+    info: dict[str, Any]
+    history: list[dict[str, float]]
+    metrics: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        return self.info.get("state") == "finished"
+
+    def predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities float32 (N, 10), labels (N,)) on the test set."""
+        arrays, _ = read_tensors(self.path / "predictions.safetensors")
+        return arrays["probabilities"].astype(np.float32), arrays["labels"].astype(np.int64)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return read_tensors(self.path / "model.safetensors")[0]
+
+
+def load_run(path: str | Path, require_finished: bool = True) -> Run:
+    """Read a run folder; unfinished runs are refused unless `require_finished=False`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"run folder {path} does not exist")
+    info = read_info(path)
+    if require_finished and info.get("state") != "finished":
+        reason = f": {info['reason']}" if info.get("reason") else ""
+        raise RunError(f"{path} is not finished (state {info.get('state', '?')}{reason})")
+    try:
+        config = tomllib.loads((path / "config.toml").read_text())
+        metrics_file = path / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: unreadable run files ({e})") from None
+    return Run(path, config, info, read_history(path), metrics)

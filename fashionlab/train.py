@@ -1,0 +1,321 @@
+"""The one training loop, for every model and recipe.
+
+    fashionlab train weil-fc --epochs 3
+
+The data sits on the device as uint8 tensors; each batch is a slice of a seeded permutation,
+augmented and normalised as whole-batch tensor ops. The hot loop does no host syncs except a
+finiteness check every CHECK_EVERY steps. Small hooks run at each epoch end: history file,
+checkpoint (atomic, everything resuming needs), early stopping, divergence guard, and any
+caller's hooks (a sweep's pruner). Resuming restores every RNG, so a resumed run ends with
+the same weights, bit for bit, as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from fashionlab import augment, checkpoint, data, hardware, models, optim, runs
+from fashionlab import config as cfg
+from fashionlab.errors import DivergedError, UserError
+from fashionlab.inference import as_input, logits, loss_and_accuracy
+
+CHECK_EVERY = 50  # steps between NaN checks; each check is one host sync
+Hook = Callable[[Path, int, dict], None]
+
+
+class StopRun(Exception):
+    """Raised by an epoch hook to end a run early, e.g. a sweep pruning a poor trial."""
+
+    def __init__(self, state: str, reason: str):
+        super().__init__(reason)
+        self.state, self.reason = state, reason
+
+
+@dataclass
+class Tensors:
+    """The splits on the device: images uint8 (N, 1, 28, 28), labels int64 (N,)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@dataclass
+class Loop:
+    """Everything the loop mutates; exactly what a checkpoint holds."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: float = math.nan
+    best_epoch: int = 0
+    wait: int = 0
+    best_weights: dict | None = None
+    seconds: float = 0.0
+
+
+def to_tensors(ds: data.DataSet, val: str, seed: int, device: torch.device) -> Tensors:
+    train_idx, val_idx = data.split(len(ds.train_y), val, seed)
+
+    def put(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).to(device),
+                torch.from_numpy(y.astype(np.int64)).to(device))
+
+    return Tensors(*put(ds.train_x[train_idx], ds.train_y[train_idx]),
+                   *put(ds.train_x[val_idx], ds.train_y[val_idx]),
+                   *put(ds.test_x, ds.test_y))
+
+
+def _improved(value: float, best: float, monitor: str) -> bool:
+    if math.isnan(best):
+        return True
+    return value > best if monitor == "val_accuracy" else value < best
+
+
+def _snapshot(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class EMA:
+    """Exponential moving average of the weights, updated with one fused op per step."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(module)
+        self.decay = decay
+        self.params = list(self.module.parameters())
+        self.live = list(module.parameters())
+        self.source = module
+
+    def update(self) -> None:
+        torch._foreach_lerp_(self.params, self.live, 1 - self.decay)
+
+    def sync_buffers(self) -> None:
+        for mine, theirs in zip(self.module.buffers(), self.source.buffers(), strict=True):
+            mine.copy_(theirs)
+
+
+def train(source: str | dict, *, flags: dict | None = None, overrides: list[str] = (),
+          data_dir: str | None = None, out: str | None = None, quiet: bool = False,
+          hooks: list[Hook] = (), resume: str | Path | None = None,
+          force: bool = False) -> Path:
+    """Train a recipe, spec file or config dict; return the finished run folder."""
+    hardware.configure_threads()
+    if resume is not None:
+        run_dir = Path(resume)
+        config = cfg.resolve(runs.load_run(run_dir, require_finished=False).config)
+        info = runs.read_info(run_dir)
+        if info["state"] == "finished":
+            return run_dir
+        changed = [what for what, old, new in (
+            ("config", info.get("config_digest"), cfg.digest(config)),
+            ("code", info.get("code_version"), runs.code_version())) if old != new]
+        if changed and not force:
+            raise UserError(f"{run_dir}: the {' and '.join(changed)} changed since this run "
+                            "started; resuming could mix two experiments (--force to resume)")
+    else:
+        config = cfg.resolve(source, flags, overrides)
+    train_cfg = config["train"]
+    if train_cfg["engine"] == "numpy":
+        from fashionlab import numpy_engine
+
+        return numpy_engine.train(config, data_dir=data_dir, out=out, quiet=quiet,
+                                  resume=resume)
+    seed = train_cfg["seed"]
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    net = models.build(config["model"]["layers"])
+    dev = hardware.device()
+    precision = hardware.resolve_precision(train_cfg["precision"], dev)
+    channels_last = net.is_conv and train_cfg["channels_last"] == "on"
+    ds = data.load(data_dir, config["data"]["dataset"])
+    tensors = to_tensors(ds, config["data"]["val"], seed, dev)
+    if len(tensors.y_val) == 0 and train_cfg["patience"]:
+        raise UserError("early stopping (train.patience) needs a validation split")
+
+    if resume is None:
+        run_dir = runs.create(config["model"]["name"] or "run", out)
+        runs.start(run_dir, cfg.dumps(config), {
+            "name": config["model"]["name"], "engine": "torch", "seed": seed,
+            "config_digest": cfg.digest(config), "device": str(dev),
+            "precision": precision, "cpu": hardware.cpu_description(),
+            "torch": torch.__version__, "params": net.params,
+            "data": {"source": ds.source, "path": str(ds.path), "verified": ds.verified}})
+    else:
+        runs.set_state(run_dir, "running", "resumed")
+    try:
+        _fit(net, config, tensors, run_dir, dev, precision, channels_last, quiet, hooks,
+             resume is not None)
+    except StopRun as stop:
+        runs.set_state(run_dir, stop.state, stop.reason)
+        raise
+    except DivergedError as e:
+        runs.set_state(run_dir, "diverged", str(e))
+        raise
+    except KeyboardInterrupt:
+        runs.set_state(run_dir, "interrupted", "interrupted by the user")
+        raise
+    except BaseException as e:
+        runs.set_state(run_dir, "failed", f"{type(e).__name__}: {e}")
+        raise
+    return run_dir
+
+
+def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.device,
+         precision: str, channels_last: bool, quiet: bool, hooks: list[Hook],
+         resuming: bool) -> None:
+    train_cfg, aug = config["train"], config["augment"]
+    module = net.module.to(dev)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    rank, world = 0, 1  # data-parallel shard of every global batch
+    batch, n = train_cfg["batch_size"], len(t.y_train)
+    steps = math.ceil(n / batch)  # the last, partial batch is kept, as Keras does
+    opt = optim.make_optimizer(module.parameters(), train_cfg)
+    schedule = optim.make_schedule(opt, train_cfg, steps)
+    ema = EMA(module, train_cfg["ema"]) if train_cfg["ema"] else None
+    order_gen = torch.Generator().manual_seed(train_cfg["seed"])
+    aug_gen = torch.Generator(dev).manual_seed(train_cfg["seed"] + 1)
+    generators = {"order": order_gen, "augment": aug_gen}
+    loop = Loop()
+    saved = checkpoint.load(run_dir) if resuming else None
+    if saved is not None:
+        module.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        if ema:
+            ema.module.load_state_dict(saved["ema"])
+        checkpoint.set_rng_state(saved["rng"], generators)
+        loop = Loop(**saved["loop"])
+    penalties, constraints = bool(net.penalties), bool(net.constraints)
+    smoothing = train_cfg["label_smoothing"]
+    show = not quiet and sys.stderr.isatty()
+
+    for epoch in range(loop.epoch + 1, train_cfg["epochs"] + 1):
+        start = time.perf_counter()
+        module.train()
+        perm = torch.randperm(n, generator=order_gen).to(dev)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{train_cfg['epochs']}", disable=not show,
+                   leave=False, unit="step")
+        for step in range(steps):
+            idx = perm[step * batch:(step + 1) * batch][rank::world]
+            x = t.x_train[idx].float()
+            y = t.y_train[idx]
+            if augment.enabled(aug):
+                x = augment.apply(x, aug, aug_gen)
+            x = as_input(x, config, channels_last)
+            with hardware.autocast(dev, precision):
+                z = module(x)
+            loss = F.cross_entropy(z.float(), y, label_smoothing=smoothing)
+            if penalties:
+                loss = loss + models.penalty(net)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            if constraints:
+                models.apply_constraints(net)
+            if ema:
+                ema.update()
+            loss_sum += loss.detach() * len(y)
+            correct += (z.detach().argmax(1) == y).sum()
+            if step % CHECK_EVERY == CHECK_EVERY - 1 and not torch.isfinite(loss_sum):
+                _diverged(epoch, step, loss_sum, opt, run_dir)
+            bar.update()
+        bar.close()
+        if not torch.isfinite(loss_sum):
+            _diverged(epoch, steps - 1, loss_sum, opt, run_dir)
+        evaluated = module
+        if ema:
+            ema.sync_buffers()
+            evaluated = ema.module
+        val_loss, val_acc = loss_and_accuracy(
+            logits(evaluated, t.x_val, config, dev, precision, channels_last), t.y_val)
+        seconds = time.perf_counter() - start
+        loop.seconds += seconds
+        row = {"epoch": epoch, "loss": loss_sum.item() / n, "accuracy": correct.item() / n,
+               "val_loss": val_loss, "val_accuracy": val_acc,
+               "lr": opt.param_groups[0]["lr"], "seconds": seconds}
+        loop.history.append(row)
+        loop.epoch = epoch
+        stop = _early_stopping(loop, row, train_cfg, evaluated)
+        runs.write_history(run_dir, loop.history)
+        checkpoint.save(run_dir, {
+            "model": module.state_dict(), "optimizer": opt.state_dict(),
+            "schedule": schedule.state_dict(), "ema": ema.module.state_dict() if ema else None,
+            "rng": checkpoint.rng_state(generators), "loop": vars(loop)})
+        if not quiet:
+            tqdm.write(_epoch_line(row, train_cfg["epochs"]), file=sys.stderr)
+        for hook in hooks:
+            hook(run_dir, epoch, row)
+        if stop:
+            break
+    final = ema.module if ema else module
+    if loop.best_weights is not None and train_cfg["restore_best"]:
+        final.load_state_dict(loop.best_weights)
+    _finish(net, final, config, t, run_dir, dev, precision, channels_last, loop)
+
+
+def _early_stopping(loop: Loop, row: dict, train_cfg: dict, module: torch.nn.Module) -> bool:
+    """Track the best epoch; return True when patience has run out."""
+    monitor = train_cfg["monitor"]
+    value = row[monitor]
+    if math.isnan(value):
+        return False
+    if _improved(value, loop.best, monitor):
+        loop.best, loop.best_epoch, loop.wait = value, row["epoch"], 0
+        if train_cfg["patience"]:
+            loop.best_weights = _snapshot(module)
+        return False
+    loop.wait += 1
+    return bool(train_cfg["patience"]) and loop.wait >= train_cfg["patience"]
+
+
+def _diverged(epoch: int, step: int, loss_sum: torch.Tensor, opt, run_dir: Path) -> None:
+    lr = opt.param_groups[0]["lr"]
+    kept = f"epoch {epoch - 1} kept in {run_dir}" if epoch > 1 else "no epoch finished"
+    raise DivergedError(f"training diverged: loss became {loss_sum.item()} at epoch {epoch}, "
+                        f"step {step + 1} (lr {lr:g}); lower the learning rate ({kept})")
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}"
+            f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+            f"  {row['seconds']:.1f}s")
+
+
+def _finish(net: models.Net, module: torch.nn.Module, config: dict, t: Tensors, run_dir: Path,
+            dev: torch.device, precision: str, channels_last: bool, loop: Loop) -> None:
+    """Test once, at the end, then write weights, predictions and metrics; mark finished."""
+    z = logits(module, t.x_test, config, dev, precision, channels_last)
+    test_loss, test_acc = loss_and_accuracy(z, t.y_test)
+    weights = {k: v.detach().cpu().contiguous().numpy()
+               for k, v in module.state_dict().items()}
+    runs.write_tensors(run_dir / "model.safetensors", weights,
+                       {"format": "fashionlab-weights", "config_digest": cfg.digest(config)})
+    runs.save_predictions(run_dir, models.probabilities(z).cpu().numpy(),
+                          t.y_test.cpu().numpy())
+    last = loop.history[-1] if loop.history else {}
+    runs.write_json(run_dir / "metrics.json", {
+        "test_accuracy": test_acc, "test_loss": test_loss, "epochs_run": loop.epoch,
+        "train_seconds": loop.seconds,
+        "seconds_per_epoch": loop.seconds / max(1, loop.epoch),
+        "val_accuracy": last.get("val_accuracy", math.nan),
+        "best_epoch": loop.best_epoch, "params": net.params, "flops_per_image": net.flops})
+    runs.set_state(run_dir, "finished")
