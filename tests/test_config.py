@@ -1,0 +1,85 @@
+"""Config layering: defaults < file < flags < --set, every key and type checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from fashionlab import config
+from fashionlab.errors import SpecError
+
+
+def test_layering_order(tmp_path, tiny_config):
+    path = tmp_path / "spec.toml"
+    path.write_text(config.dumps(tiny_config))
+    resolved = config.resolve(str(path), flags={"train.epochs": 5, "train.lr": None},
+                              overrides=["train.epochs=7", "model.layers.1.units=32"])
+    assert resolved["train"]["epochs"] == 7  # --set wins over the flag
+    assert resolved["train"]["batch_size"] == 32  # from the file
+    assert resolved["train"]["optimizer"] == "adam"  # the default
+    assert resolved["model"]["layers"][1]["units"] == 32
+
+
+def test_recipe_by_name_and_name_default():
+    resolved = config.resolve("quick-fc")
+    assert resolved["model"]["name"] == "quick-fc" and resolved["train"]["epochs"] == 3
+    assert "quick-fc" in config.recipe_names()
+
+
+def test_dumps_roundtrip(tiny_config):
+    resolved = config.resolve(tiny_config)
+    again = config.resolve(config.parse_toml(config.dumps(resolved), "x"))
+    assert again == resolved and config.digest(again) == config.digest(resolved)
+
+
+def test_digest_ignores_recipe_header_but_not_training(tiny_config):
+    a = config.resolve(tiny_config)
+    b = config.resolve(tiny_config, overrides=["recipe.notes=changed"])
+    c = config.resolve(tiny_config, overrides=["train.seed=9"])
+    assert config.digest(a) == config.digest(b) != config.digest(c)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrate=0.1", r"unknown key train.lrate \(did you mean 'lr'\?\)"),
+    ("trian.lr=0.1", r"unknown section \[trian\] \(did you mean 'train'\?\)"),
+    ("train.epochs=two", "train.epochs must be an integer, got 'two'"),
+    ("train.epochs=0", "train.epochs must be positive"),
+    ("train.batch_size=0", "train.batch_size must be positive"),
+    ("train.lr=-1", "train.lr must not be negative"),
+    ("train.optimizer=adagrad", "train.optimizer must be one of sgd, adam, adamw, rmsprop"),
+    ("train.nesterov=1", "must be true/false"),
+    ("augment.flip=1.5", r"augment.flip must lie in \[0, 1\)"),
+    ("model.layers.9.units=3", "no layer 9"),
+    ("lr", "expected KEY=VALUE"),
+    ("a.b.c=1", "unknown key"),
+])
+def test_bad_overrides(tiny_config, override, message):
+    with pytest.raises(SpecError, match=message):
+        config.resolve(tiny_config, overrides=[override])
+
+
+def test_int_accepted_for_float_and_bare_strings():
+    resolved = config.resolve("quick-fc", overrides=["train.lr=1", "train.optimizer=sgd"])
+    assert resolved["train"]["lr"] == 1.0 and isinstance(resolved["train"]["lr"], float)
+    assert resolved["train"]["optimizer"] == "sgd"
+
+
+def test_unknown_recipe_suggests(tmp_path):
+    with pytest.raises(SpecError, match="no recipe or file named 'quick-fcc'.*'quick-fc'"):
+        config.resolve("quick-fcc")
+    with pytest.raises(SpecError, match="cannot read"):
+        config.resolve(str(tmp_path / "missing.toml"))
+
+
+def test_invalid_toml_and_empty_model(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nlayers = 3")
+    with pytest.raises(SpecError, match="invalid TOML"):
+        config.resolve(str(bad))
+    with pytest.raises(SpecError, match="no \\[model\\] layers"):
+        config.resolve({"train": {"epochs": 1}})
+
+
+def test_keras_default_learning_rates():
+    assert config.learning_rate({"lr": 0.0, "optimizer": "sgd"}) == 0.01
+    assert config.learning_rate({"lr": 0.0, "optimizer": "rmsprop"}) == 0.001
+    assert config.learning_rate({"lr": 0.5, "optimizer": "adam"}) == 0.5

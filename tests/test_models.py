@@ -1,0 +1,138 @@
+"""Every layer type's output shape and parameter count against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fashionlab import models
+from fashionlab.errors import SpecError
+
+HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10}]
+
+
+def rows(layers):
+    net = models.build(layers)
+    return [(r.output, r.params) for r in net.rows], net
+
+
+@pytest.mark.parametrize("layer, shape, params", [
+    # conv: filters * (k*k*in + 1); valid: 28-3+1 = 26
+    ({"type": "conv2d", "filters": 8, "kernel": 3}, (8, 26, 26), 8 * (9 + 1)),
+    ({"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same"}, (8, 28, 28), 80),
+    ({"type": "conv2d", "filters": 4, "kernel": [5, 3], "use_bias": False}, (4, 24, 26), 60),
+    # stride 2 'same' as TensorFlow: ceil(28/2) = 14; valid: (28-3)//2+1 = 13
+    ({"type": "conv2d", "filters": 2, "kernel": 3, "strides": 2, "padding": "same"},
+     (2, 14, 14), 20),
+    ({"type": "conv2d", "filters": 2, "kernel": 3, "strides": 2}, (2, 13, 13), 20),
+    ({"type": "maxpool"}, (1, 14, 14), 0),
+    ({"type": "avgpool", "pool": 3}, (1, 9, 9), 0),  # Keras: strides default to pool size
+    ({"type": "avgpool", "pool": 3, "strides": 1}, (1, 26, 26), 0),
+    ({"type": "maxpool", "pool": 3, "padding": "same"}, (1, 10, 10), 0),
+    ({"type": "batchnorm"}, (1, 28, 28), 2),  # gamma, beta (running stats are buffers)
+    ({"type": "dropout", "rate": 0.5}, (1, 28, 28), 0),
+    ({"type": "leaky_relu", "alpha": 0.1}, (1, 28, 28), 0),
+    ({"type": "relu"}, (1, 28, 28), 0), ({"type": "tanh"}, (1, 28, 28), 0),
+    ({"type": "sigmoid"}, (1, 28, 28), 0),
+])
+def test_image_layer_shapes_and_params(layer, shape, params):
+    (first, *_), net = rows([layer, *HEAD])
+    assert first == (shape, params)
+    x = torch.zeros(2, 1, 28, 28)
+    assert net.module[0](x).shape == (2, *shape)  # the inferred shape is the real one
+
+
+def test_dense_stack_params():
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 256, "activation": "relu"},
+              {"type": "batchnorm"}, {"type": "dense", "units": 10, "activation": "softmax"}]
+    got, net = rows(layers)
+    assert got == [((784,), 0), ((256,), 784 * 256 + 256), ((256,), 512), ((10,), 2570)]
+    assert net.params == 200960 + 512 + 2570  # report 000's FC net: 203,530 without the BN
+
+
+def test_global_avgpool_and_softmax_layer():
+    got, net = rows([{"type": "conv2d", "filters": 10, "kernel": 3},
+                     {"type": "global_avgpool"}, {"type": "softmax"}])
+    assert got[1] == ((10,), 0)
+    assert net.module(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_lenet5_parameter_count():
+    layers = [{"type": "conv2d", "filters": 6, "kernel": 5, "padding": "same",
+               "activation": "tanh"}, {"type": "maxpool"},
+              {"type": "conv2d", "filters": 16, "kernel": 5, "activation": "tanh"},
+              {"type": "maxpool"},
+              {"type": "conv2d", "filters": 120, "kernel": 5, "activation": "tanh"},
+              {"type": "flatten"}, {"type": "dense", "units": 84, "activation": "tanh"},
+              {"type": "dense", "units": 10, "activation": "softmax"}]
+    got, net = rows(layers)
+    assert [g[0] for g in got[:5]] == [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5),
+                                       (120, 1, 1)]
+    assert net.params == 156 + 2416 + 48120 + 10164 + 850  # the classic LeNet-5 total: 61,706
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([{"type": "dense", "units": 10}], r"layer 0 \(dense\): dense needs a flat input"),
+    ([{"type": "flatten"}, {"type": "conv2d", "filters": 3, "kernel": 3}, *HEAD],
+     r"layer 1 \(conv2d\): conv2d needs an image input"),
+    ([{"type": "conv2d", "filters": 3, "kernel": 29}, *HEAD],
+     r"layer 0 \(conv2d\): kernel 29x29 does not fit the 28x28 input"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10, "unit": 3}],
+     r"layer 1 \(dense\): unknown key 'unit'"),
+    ([{"type": "flatten"}, {"type": "dense"}], r"layer 1 \(dense\): dense needs 'units'"),
+    ([{"type": "conv3d"}], r"layer 0 \(conv3d\): unknown layer type"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 12}], r"outputs shape \(12,\)"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"},
+      {"type": "dense", "units": 10}], r"layer 1 \(dense\): softmax is only supported"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "swish2"}],
+     "unknown activation 'swish2'"),
+    ([{"type": "flatten"}, {"type": "dense", "units": "ten"}], "units must be a positive integer"),
+    ([{"type": "dropout", "rate": 1.5}, *HEAD], "dropout rate must lie in"),
+    ([{"type": "maxpool", "pool": 2, "strides": 1, "padding": "same"}, *HEAD],
+     "needs strides == pool"),
+    ([], "non-empty list"),
+])
+def test_spec_errors_name_the_layer(layers, message):
+    with pytest.raises(SpecError, match=message):
+        models.build(layers)
+
+
+def test_keras_initialisers_bounds():
+    torch.manual_seed(0)
+    net = models.build([{"type": "flatten"}, {"type": "dense", "units": 100},
+                        {"type": "dense", "units": 10, "kernel_initializer": "he_uniform"}])
+    w1, w2 = net.module[1][0].weight, net.module[2][0].weight
+    assert w1.abs().max() <= (6 / (784 + 100)) ** 0.5 and w1.abs().max() > 0.9 * (6 / 884) ** 0.5
+    assert w2.abs().max() <= (6 / 100) ** 0.5 and w2.abs().max() > 0.9 * 0.06 ** 0.5
+    assert net.module[1][0].bias.abs().sum() == 0  # Keras: zero biases
+
+
+def test_batchnorm_uses_keras_defaults():
+    net = models.build([{"type": "batchnorm"}, *HEAD])
+    bn = net.module[0][0]
+    assert bn.eps == 1e-3 and abs(bn.momentum - 0.01) < 1e-12
+
+
+def test_penalty_matches_keras_formula():
+    net = models.build([{"type": "flatten"},
+                        {"type": "dense", "units": 10, "l1": 0.01, "l2": 0.001}])
+    w = net.module[1][0].weight
+    expected = 0.01 * w.abs().sum() + 0.001 * (w ** 2).sum()
+    assert torch.allclose(models.penalty(net), expected)
+
+
+def test_unit_norm_constraint_axes():
+    net = models.build([{"type": "conv2d", "filters": 4, "kernel": 3,
+                         "kernel_constraint": "unit_norm"},
+                        {"type": "flatten"},
+                        {"type": "dense", "units": 10, "kernel_constraint": "unit_norm"}])
+    models.apply_constraints(net)
+    conv, dense = net.module[0][0].weight, net.module[2][0].weight
+    # Keras normalises axis 0 of (kh, kw, in, out): each kernel column over its rows.
+    assert torch.allclose(conv.norm(dim=2), torch.ones(4, 1, 3), atol=1e-5)
+    assert torch.allclose(dense.norm(dim=1), torch.ones(10), atol=1e-5)
+
+
+def test_summary_lists_layers_and_total():
+    text = models.summary(models.build([{"type": "flatten"}, *HEAD[1:]]))
+    assert "0: flatten" in text and "(None, 784)" in text and "Total params: 7,850" in text

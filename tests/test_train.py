@@ -1,0 +1,155 @@
+"""The training loop: reproducibility, run folder contents, divergence guard, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import REAL_DATA, needs_real_data
+
+from fashionlab import checkpoint, config, optim, runs
+from fashionlab.errors import DivergedError
+from fashionlab.inference import load_trained
+from fashionlab.train import Loop, _early_stopping, train
+
+
+def run_tiny(tiny_data, tiny_config, tmp_path, *overrides):
+    return train(tiny_config, overrides=list(overrides), data_dir=str(tiny_data),
+                 out=str(tmp_path / "runs"), quiet=True)
+
+
+def test_run_folder_is_complete(tiny_data, tiny_config, tmp_path):
+    path = run_tiny(tiny_data, tiny_config, tmp_path)
+    run = runs.load_run(path)
+    assert run.finished and run.info["engine"] == "torch" and run.info["seed"] == 1
+    assert [r["epoch"] for r in run.history] == [1.0, 2.0]
+    assert set(run.history[0]) == set(runs.HISTORY_FIELDS)
+    m = run.metrics
+    assert m["epochs_run"] == 2 and m["params"] == 784 * 16 + 16 + 170
+    assert 0 <= m["test_accuracy"] <= 1 and m["train_seconds"] > 0
+    probs, labels = run.predictions()
+    assert probs.shape == (100, 10) and np.allclose(probs.sum(1), 1, atol=1e-2)
+    assert (probs.argmax(1) == labels).mean() == pytest.approx(m["test_accuracy"], abs=0.011)
+    assert config.resolve(run.config) == config.resolve(tiny_config)
+    # The saved weights reproduce the saved predictions.
+    trained = load_trained(path)
+    test_x = runs.read_tensors(path / "predictions.safetensors")[0]["labels"]
+    assert len(test_x) == 100 and trained.net.params == m["params"]
+
+
+def test_same_seed_same_numbers(tiny_data, tiny_config, tmp_path):
+    extra = ["augment.flip=0.5", "augment.translate=2", "model.layers.1.units=8"]
+    a = runs.load_run(run_tiny(tiny_data, tiny_config, tmp_path, *extra))
+    b = runs.load_run(run_tiny(tiny_data, tiny_config, tmp_path, *extra))
+    c = runs.load_run(run_tiny(tiny_data, tiny_config, tmp_path, *extra, "train.seed=2"))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.history]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.history]
+    wa, wb, wc = a.weights(), b.weights(), c.weights()
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert not all(np.array_equal(wa[k], wc[k]) for k in wa)
+
+
+def test_learns_the_tiny_task(tiny_data, tiny_config, tmp_path):
+    path = run_tiny(tiny_data, tiny_config, tmp_path, "train.epochs=10", "train.lr=0.01",
+                    "data.normalize=standard")
+    run = runs.load_run(path)
+    assert run.history[-1]["loss"] < run.history[0]["loss"]
+    assert run.metrics["test_accuracy"] >= 0.9  # the bars are easy to tell apart
+
+
+def test_divergence_guard_keeps_last_good_epoch(tiny_data, tiny_config, tmp_path, monkeypatch):
+    real = optim.lr_factor
+
+    def explode_in_epoch_two(step, total, train_cfg, steps_per_epoch):
+        return 1e12 if step >= steps_per_epoch else real(step, total, train_cfg, steps_per_epoch)
+
+    monkeypatch.setattr(optim, "lr_factor", explode_in_epoch_two)
+    with pytest.raises(DivergedError, match=r"loss became (nan|inf) at epoch 2.*lower the "
+                                            r"learning rate \(epoch 1 kept in"):
+        run_tiny(tiny_data, tiny_config, tmp_path, "train.optimizer=sgd", "train.epochs=3")
+    path = next((tmp_path / "runs").iterdir())
+    info = runs.read_info(path)
+    assert info["state"] == "diverged" and "epoch 2" in info["reason"]
+    saved = checkpoint.load(path)
+    assert saved["loop"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert len(runs.read_history(path)) == 1
+    with pytest.raises(Exception, match="not finished"):
+        runs.load_run(path)
+
+
+def test_early_stopping_tracks_best_and_patience():
+    loop, cfg_ = Loop(), {"monitor": "val_accuracy", "patience": 2}
+    module = torch.nn.Linear(2, 2)
+    stops = [_early_stopping(loop, {"epoch": e, "val_accuracy": v}, cfg_, module)
+             for e, v in enumerate([0.5, 0.7, 0.6, 0.65, 0.9], 1)]
+    assert stops == [False, False, False, True, False]
+    assert loop.best_epoch == 5 and loop.best == 0.9 and loop.best_weights is not None
+
+
+def test_early_stopping_run_restores_best(tiny_data, tiny_config, tmp_path):
+    path = run_tiny(tiny_data, tiny_config, tmp_path, "train.epochs=30", "train.patience=2",
+                    "train.monitor=val_loss", "train.lr=0.05")
+    run = runs.load_run(path)
+    best = min(r["val_loss"] for r in run.history)
+    assert run.metrics["epochs_run"] <= 30
+    assert run.history[run.metrics["best_epoch"] - 1]["val_loss"] == best
+
+
+@pytest.mark.parametrize("schedule, steps, expected", [
+    ("constant", [0, 50, 99], [1.0, 1.0, 1.0]),
+    ("cosine", [0, 50, 100], [1.0, 0.5, 0.0]),
+    ("onecycle", [0, 25, 50, 100], [0.0, 1.0, 2 / 3, 0.0]),
+])
+def test_schedules(schedule, steps, expected):
+    cfg_ = {"schedule": schedule, "warmup_epochs": 0.0, "epochs": 10}
+    got = [optim.lr_factor(s, 100, cfg_, 10) for s in steps]
+    assert got == pytest.approx(expected)
+
+
+def test_warmup_is_linear():
+    cfg_ = {"schedule": "cosine", "warmup_epochs": 1.0, "epochs": 10}
+    assert [optim.lr_factor(s, 100, cfg_, 10) for s in (0, 4, 9)] == pytest.approx(
+        [0.1, 0.5, 1.0])
+    assert optim.lr_factor(55, 100, cfg_, 10) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 45 / 90)))
+
+
+def test_keras_optimizer_defaults():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    adam = optim.make_optimizer(p, config.DEFAULTS["train"])
+    assert adam.defaults["eps"] == 1e-7 and adam.defaults["lr"] == 0.001
+    rms = optim.make_optimizer(p, {**config.DEFAULTS["train"], "optimizer": "rmsprop"})
+    assert rms.defaults["alpha"] == 0.9 and rms.defaults["eps"] == 1e-7
+    sgd = optim.make_optimizer(p, {**config.DEFAULTS["train"], "optimizer": "sgd"})
+    assert sgd.defaults["lr"] == 0.01 and sgd.defaults["momentum"] == 0
+
+
+def test_ema_and_regularised_cnn_train(tiny_data, tmp_path):
+    cfg_ = {"model": {"name": "cnn", "layers": [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "l2": 1e-4,
+         "kernel_constraint": "unit_norm"},
+        {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool"},
+        {"type": "dropout", "rate": 0.2}, {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]},
+        "data": {"dataset": "any", "val": "fraction:0.2", "normalize": "standard"},
+        "train": {"epochs": 2, "ema": 0.9, "schedule": "onecycle", "tta_flip": True},
+        "augment": {"flip": 0.5, "translate": 2, "rotate": 10.0, "erase": 0.3}}
+    run = runs.load_run(train(cfg_, data_dir=str(tiny_data), out=str(tmp_path), quiet=True))
+    assert run.finished and all(math.isfinite(r["loss"]) for r in run.history)
+    norms = np.linalg.norm(run.weights()["0.0.weight"], axis=2)
+    # Saved weights are the EMA of unit-norm kernels: an average of unit vectors, norm <= 1.
+    assert norms.max() <= 1 + 1e-4 and norms.min() > 0.5
+
+
+@pytest.mark.slow
+@needs_real_data
+def test_one_epoch_on_real_data(tmp_path):
+    path = train("quick-fc", flags={"train.epochs": 1}, data_dir=str(REAL_DATA),
+                 out=str(tmp_path), quiet=True)
+    run = runs.load_run(path)
+    assert run.info["data"]["verified"] is True
+    assert run.metrics["test_accuracy"] > 0.80
+    assert len(run.predictions()[1]) == 10000
