@@ -8,7 +8,6 @@ DATA_DIR := /usr/share/datasets/fashion-mnist
 
 $(BIN)/fashionlab: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[sweep,serve,export,dev]'
 	touch $@
 
