@@ -13,6 +13,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "section": "",                   # where in the report
         "description": "",               # one line, shown by `fashionlab recipes`
         "claimed_test_accuracy": 0.0,    # the report's figure, as a fraction; 0 = none claimed
+        "claimed_val_accuracy": 0.0,     # its validation figure, where it gives one; 0 = none
         "claimed_params": 0,             # the report's parameter count; 0 = not stated
         "notes": "",                     # what the report left out and what we chose, and why
     },
@@ -91,8 +93,13 @@ RECIPES = resources.files("fashionlab") / "recipes"
 
 
 def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _name(text: str) -> str:
+    """A key as the user typed it, quoted if it holds control characters: errors stay one line."""
+    return text if text.isprintable() else repr(text)
 
 
 def _type_name(value: Any) -> str:
@@ -107,6 +114,8 @@ def _check_value(section: str, key: str, value: Any) -> Any:
         value = float(value)
     if type(value) is not type(default):
         raise SpecError(f"{where} must be {_type_name(default)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{where} must be a finite number, got {value}")
     if (section, key) in CHOICES and value not in CHOICES[section, key]:
         raise SpecError(f"{where} must be one of {', '.join(CHOICES[section, key])}, "
                         f"got {value!r}")
@@ -124,13 +133,13 @@ def merge(config: dict, update: dict, origin: str) -> dict:
     out = copy.deepcopy(config)
     for section, table in update.items():
         if section not in DEFAULTS:
-            raise SpecError(f"{origin}: unknown section [{section}]"
+            raise SpecError(f"{origin}: unknown section [{_name(section)}]"
                             f"{_suggest(section, DEFAULTS)}")
         if not isinstance(table, dict):
             raise SpecError(f"{origin}: [{section}] must be a table")
         for key, value in table.items():
             if key not in DEFAULTS[section]:
-                raise SpecError(f"{origin}: unknown key {section}.{key}"
+                raise SpecError(f"{origin}: unknown key {section}.{_name(key)}"
                                 f"{_suggest(key, DEFAULTS[section])}")
             out[section][key] = _check_value(section, key, value)
     return out
@@ -178,13 +187,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_override(config: dict, path: list[str], value: Any) -> dict:
     """Set one dotted key; a layer's key is addressed by index, e.g. model.layers.1.units."""
-    name = ".".join(path)
+    name = _name(".".join(path))
     if len(path) == 2:
         return merge(config, {path[0]: {path[1]: value}}, f"--set {name}")
     if len(path) != 4 or path[:2] != ["model", "layers"]:
         raise SpecError(f"--set {name}: unknown key (use section.key or model.layers.N.key)")
     layers = config["model"]["layers"]
-    if not (path[2].isdigit() and int(path[2]) < len(layers)):
+    if not (path[2].isdecimal() and int(path[2]) < len(layers)):
         raise SpecError(f"--set {name}: no layer {path[2]} (the model has {len(layers)}, "
                         "numbered from 0)")
     out = copy.deepcopy(config)
@@ -220,7 +229,7 @@ def learning_rate(train: dict) -> float:
 
 
 def dumps(config: dict) -> str:
-    return tomli_w.dumps(config)
+    return tomli_w.dumps(config, multiline_strings=True)  # notes stay readable
 
 
 def digest(config: dict) -> str:

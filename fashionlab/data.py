@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import urllib.request
 import zlib
@@ -87,7 +88,7 @@ def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{name}: truncated header")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: a forged header cannot overflow
     body = len(raw) - header
     if body < expected:
         raise DataError(f"{name}: truncated: header promises {expected} bytes of data "
@@ -112,19 +113,30 @@ def parse_csv(text: str, name: str = "CSV data") -> tuple[np.ndarray, np.ndarray
     ncol = lines[0].count(",") + 1
     if ncol != 1 + IMAGE_SIZE * IMAGE_SIZE:
         raise DataError(f"{name}: header has {ncol} columns, expected 785 (label + 784 pixels)")
-    rows = lines[1:]
+    rows = [r.split(",") for r in lines[1:]]
     if not rows:
         raise DataError(f"{name}: no data rows")
     try:
-        values = np.array([r.split(",") for r in rows], dtype=np.int64)
-    except ValueError:
-        bad = next(i for i, r in enumerate(rows, 2) if r.count(",") != ncol - 1
-                   or not all(v.strip().lstrip("-").isdigit() for v in r.split(",")))
-        raise DataError(f"{name}: line {bad} is not {ncol} integers") from None
+        values = np.array(rows, dtype=np.int64)
+    except (ValueError, OverflowError):
+        values = None
+    if values is None or values.shape != (len(rows), ncol):
+        raise DataError(f"{name}: line {_first_bad_row(rows, ncol)} is not {ncol} integers")
     if values.min() < 0 or values[:, 1:].max() > 255:
         raise DataError(f"{name}: pixel values must lie in 0..255")
     images = values[:, 1:].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     return images, _check_labels(values[:, 0], name)
+
+
+def _first_bad_row(rows: list[list[str]], ncol: int) -> int:
+    """Line number (header = 1) of the first row that is not `ncol` int64 values."""
+    for line, row in enumerate(rows, 2):
+        try:
+            if len(row) != ncol or np.array(row, dtype=np.int64).shape != (ncol,):
+                return line
+        except (ValueError, OverflowError):
+            return line
+    return 2
 
 
 def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +278,8 @@ def split(n: int, val: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     try:
         number = float(arg)
     except ValueError:
+        number = -1.0
+    if not math.isfinite(number):
         number = -1.0
     if kind == "first" and number == int(number) and 0 < number < n:
         return idx[int(number):], idx[:int(number)]

@@ -26,3 +26,5 @@ class RunError(UserError):
 
 class DivergedError(UserError):
     """The loss became NaN or infinite; the last good epoch was kept."""
+
+    run_state = "diverged"

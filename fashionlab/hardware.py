@@ -7,11 +7,15 @@ bf16 autocast is several times faster than fp32 on CPUs with AMX or AVX-512-BF16
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
+import sys
 from functools import cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -44,7 +48,11 @@ def cpu_description() -> str:
     """CPU model plus the flags that decide speed, printed beside every timing."""
     flags = cpu_flags()
     shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{cpu_name()} [{' '.join(shown) or 'no avx2'}], {usable_cores()} cores"
+    text = f"{cpu_name()} [{' '.join(shown) or 'no avx2'}], {usable_cores()} cores"
+    if "torch" not in sys.modules:  # the NumPy engine never imports torch
+        return text
+    threads = sys.modules["torch"].get_num_threads()
+    return f"{text}, {threads} thread{'s' * (threads > 1)}"
 
 
 def usable_cores() -> int:
@@ -55,11 +63,15 @@ def usable_cores() -> int:
 
 
 def device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_precision(requested: str, dev: torch.device) -> str:
     """'auto' -> bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere."""
+    import torch
+
     if requested != "auto":
         return requested
     if dev.type == "cuda":
@@ -67,16 +79,61 @@ def resolve_precision(requested: str, dev: torch.device) -> str:
     return "bf16" if any(f in cpu_flags() for f in FAST_BF16_FLAGS) else "fp32"
 
 
+def use_channels_last(requested: str, is_conv: bool) -> bool:
+    """'auto' -> on for conv nets: channels-last measured 1.2-1.6x faster per training step
+    for every conv recipe on AVX2 (docs/speed.md), and oneDNN's AMX/bf16 kernels and cuDNN's
+    tensor-core kernels prefer that layout too. Nets without convolutions have no layout."""
+    return is_conv and requested != "off"
+
+
 def autocast(dev: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    import torch
+
     if precision == "bf16":
         return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
+@cache
+def thread_count() -> int:
+    """One intra-op thread per usable core, or one thread when the machine is already busy.
+
+    Every op ends at an OpenMP barrier; when other processes keep the cores busy, one of our
+    threads is often descheduled and the other waits a whole time slice for it. Measured on
+    AMD EPYC (AVX2, 2 cores) at load average 16: a batch-32 step took 10-17x longer with 2
+    threads than with 1 (docs/speed.md). Decided once per process, before we add load.
+    """
+    cores = usable_cores()
+    return 1 if cores > 1 and os.getloadavg()[0] >= cores else cores
+
+
+@cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed activation buffers instead of returning them to the kernel.
+
+    By default glibc maps each large block (an activation or gradient of a few MB) fresh from
+    the kernel and unmaps it on free, so every step page-faults its tensors in again: that made
+    ReLU and its backward a third of weil-cnn's step. With blocks up to 32 MB kept in the heap
+    a weil-cnn step went from 97.9 to 41.1 ms (AMD EPYC AVX2, 1 thread; docs/speed.md).
+    Linux/glibc only; the user's MALLOC_MMAP_THRESHOLD_ wins.
+    """
+    if platform.system() != "Linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 1 << 30))  # mmap, trim
+    except (OSError, AttributeError):
+        return False
+
+
 def configure_threads() -> None:
-    """One intra-op thread per usable core, unless the user set OMP_NUM_THREADS."""
+    """Set the intra-op thread count (thread_count), unless the user set OMP_NUM_THREADS;
+    keep freed memory (keep_freed_memory); allow TF32 on CUDA."""
+    import torch
+
+    keep_freed_memory()
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(usable_cores())
+        torch.set_num_threads(thread_count())
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -23,3 +23,21 @@ def format_confusion(cm: np.ndarray, classes: tuple[str, ...]) -> str:
     for name, row in zip(classes, cm, strict=True):
         lines.append(f"{name[:12]:<13}" + "".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)
+
+
+def precision_recall_f1(labels: np.ndarray, predicted: np.ndarray,
+                        classes: int = 10) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support, from scikit-learn (zero where undefined)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(labels, predicted, labels=list(range(classes)),
+                                                 zero_division=0)
+    return {"precision": p, "recall": r, "f1": f, "support": s}
+
+
+def most_confused(cm: np.ndarray, k: int = 5) -> list[tuple[int, int, int, int]]:
+    """The k class pairs mixed up most, both directions summed: (a, b, a->b, b->a), a < b."""
+    off = cm - np.diag(np.diag(cm))
+    pairs = [(a, b, int(off[a, b]), int(off[b, a]))
+             for a in range(len(cm)) for b in range(a + 1, len(cm)) if off[a, b] + off[b, a]]
+    return sorted(pairs, key=lambda t: (-(t[2] + t[3]), t[0], t[1]))[:k]

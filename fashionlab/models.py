@@ -25,6 +25,7 @@ Shape = tuple[int, ...]  # one example's shape: (C, H, W) for images, (F,) for v
 REQUIRED = object()
 INPUT_SHAPE: Shape = (1, 28, 28)
 NUM_CLASSES = 10
+MAX_LAYER_PARAMS = 2**31  # 8 GiB of float32 in one layer: a typo, not a model
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "linear": nn.Identity,
@@ -99,9 +100,20 @@ def _pair(value: Any, where: str, key: str) -> tuple[int, int]:
     raise SpecError(f"{where}: {key} must be a positive integer or [h, w], got {value!r}")
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_size(params: int, where: str) -> None:
+    """Refuse before torch tries to allocate (and the machine starts swapping)."""
+    if params > MAX_LAYER_PARAMS:
+        raise SpecError(f"{where}: {params:,} parameters in one layer is too many "
+                        f"(limit {MAX_LAYER_PARAMS:,})")
+
+
 def _check_keys(spec: dict, where: str) -> dict:
     kind = spec.get("type")
-    if kind not in LAYER_KEYS:
+    if not isinstance(kind, str) or kind not in LAYER_KEYS:
         known = ", ".join(LAYER_KEYS)
         raise SpecError(f"{where}: unknown layer type {kind!r} (known: {known})")
     allowed = LAYER_KEYS[kind]
@@ -123,6 +135,8 @@ def _check_keys(spec: dict, where: str) -> dict:
                 and type(value) is not type(default)):
             raise SpecError(f"{where}: {key} must be of type {type(default).__name__}, "
                             f"got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{where}: {key} must be a finite number, got {value}")
         out[key] = value
     return out
 
@@ -196,17 +210,19 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
             raise SpecError(f"{where}: dense needs a flat input, got {shape}; "
                             "add {type = \"flatten\"} before it")
         units = p["units"]
-        if not isinstance(units, int) or units <= 0:
+        if not _positive_int(units):
             raise SpecError(f"{where}: units must be a positive integer, got {units!r}")
+        _check_size((shape[0] + 1) * units, where)
         layer = nn.Linear(shape[0], units, bias=p["use_bias"])
         return _kernel_layer(p, layer, net, where, last), (units,), 2 * shape[0] * units
     if kind == "conv2d":
         kh, kw = _pair(p["kernel"], where, "kernel")
         sh, sw = _pair(p["strides"], where, "strides")
         filters = p["filters"]
-        if not isinstance(filters, int) or filters <= 0:
+        if not _positive_int(filters):
             raise SpecError(f"{where}: filters must be a positive integer, got {filters!r}")
         c, h, w = shape
+        _check_size((kh * kw * c + 1) * filters, where)
         modules: list[nn.Module] = []
         if p["padding"] == "same":
             (t, b), (lf, r) = _same_pad(h, kh, sh), _same_pad(w, kw, sw)
@@ -266,7 +282,9 @@ def build(layers: list[dict], input_shape: Shape = INPUT_SHAPE,
     for i, spec in enumerate(layers):
         if not isinstance(spec, dict):
             raise SpecError(f"layer {i}: must be a table like {{type = \"dense\", units = 10}}")
-        where = f"layer {i} ({spec.get('type', '?')})"
+        kind = spec.get("type")
+        known = isinstance(kind, str) and kind in LAYER_KEYS
+        where = f"layer {i} ({kind})" if known else f"layer {i}"
         params = _check_keys(spec, where)
         modules, shape, flops = _build_layer(params, spec["type"], shape, net, where,
                                              last=i == len(layers) - 1)

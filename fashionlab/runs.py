@@ -69,20 +69,22 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_tensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    # ascontiguousarray turns a 0-d array (BatchNorm's num_batches_tracked) into shape (1,)
+    arrays = {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()}
     _atomic(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
 
 
 def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Safetensors holds no code, so reading a user's file cannot run anything."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
         return load_file(str(path)), meta
-    except (OSError, ValueError, RuntimeError) as e:
-        raise RunError(f"{path}: not a readable safetensors file ({e})") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunError(f"{path}: not a readable safetensors file ({reason})") from None
 
 
 @cache
@@ -101,9 +103,14 @@ def code_version() -> str:
         return __version__
 
 
+def parent(out: str | Path | None = None) -> Path:
+    """The folder new run folders go in: --out, or runs/ in the working directory."""
+    return Path(out) if out else Path("runs")
+
+
 def create(name: str, out: str | Path | None = None) -> Path:
     """Make a new, unique run folder; mkdir is atomic, so concurrent runs never share one."""
-    base = Path(out) if out else Path("runs")
+    base = parent(out)
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -149,6 +156,25 @@ def set_state(path: Path, state: str, reason: str = "") -> None:
     assert state in STATES, state
     extra = {"ended": time.strftime("%Y-%m-%dT%H:%M:%S")} if state != "running" else {}
     update_info(path, state=state, reason=reason, **extra)
+
+
+def record_end(path: Path, error: BaseException) -> None:
+    """Record in run.json how a run ended early (StopRun and DivergedError carry `run_state`);
+    failing to record it (a full disk) must not hide the error that ended the run."""
+    state = getattr(error, "run_state", None) or (
+        "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+    known = isinstance(error, (UserError, KeyboardInterrupt)) or hasattr(error, "run_state")
+    try:
+        set_state(path, state, str(error) if known else f"{type(error).__name__}: {error}")
+    except UserError:
+        pass
+
+
+def epoch_line(row: dict[str, float], epochs: int) -> str:
+    """The one line both engines print as an epoch ends."""
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}"
+            f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+            f"  {row['seconds']:.1f}s")
 
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:
@@ -202,6 +228,12 @@ class Run:
 
     def weights(self) -> dict[str, np.ndarray]:
         return read_tensors(self.path / "model.safetensors")[0]
+
+    def plot(self, data_dir: str | Path | None = None, out: str | Path | None = None):
+        """Write the run's figures (see fashionlab.plots.plot_run); matplotlib loads only here."""
+        from fashionlab.plots import plot_run
+
+        return plot_run(self, data_dir=data_dir, out=out)
 
 
 def load_run(path: str | Path, require_finished: bool = True) -> Run:

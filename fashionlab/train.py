@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import platform
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,9 +29,21 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from fashionlab import augment, checkpoint, data, hardware, models, optim, runs
+from fashionlab import (
+    augment,
+    callable_module,
+    checkpoint,
+    data,
+    distributed,
+    hardware,
+    models,
+    optim,
+    resources,
+    runs,
+    signals,
+)
 from fashionlab import config as cfg
-from fashionlab.errors import DivergedError, UserError
+from fashionlab.errors import DivergedError, RunError, UserError
 from fashionlab.inference import as_input, logits, loss_and_accuracy
 
 CHECK_EVERY = 50  # steps between NaN checks; each check is one host sync
@@ -40,7 +55,7 @@ class StopRun(Exception):
 
     def __init__(self, state: str, reason: str):
         super().__init__(reason)
-        self.state, self.reason = state, reason
+        self.run_state, self.reason = state, reason
 
 
 @dataclass
@@ -100,6 +115,7 @@ class EMA:
         self.live = list(module.parameters())
         self.source = module
 
+    @torch.no_grad()
     def update(self) -> None:
         torch._foreach_lerp_(self.params, self.live, 1 - self.decay)
 
@@ -111,21 +127,17 @@ class EMA:
 def train(source: str | dict, *, flags: dict | None = None, overrides: list[str] = (),
           data_dir: str | None = None, out: str | None = None, quiet: bool = False,
           hooks: list[Hook] = (), resume: str | Path | None = None,
-          force: bool = False) -> Path:
-    """Train a recipe, spec file or config dict; return the finished run folder."""
+          force: bool = False) -> Path | None:
+    """Train a recipe, spec file or config dict; return the finished run folder (None on
+    the ranks other than 0 of a distributed run: they write nothing)."""
     hardware.configure_threads()
     if resume is not None:
         run_dir = Path(resume)
-        config = cfg.resolve(runs.load_run(run_dir, require_finished=False).config)
-        info = runs.read_info(run_dir)
-        if info["state"] == "finished":
+        run = runs.load_run(run_dir, require_finished=False)
+        if run.finished:
             return run_dir
-        changed = [what for what, old, new in (
-            ("config", info.get("config_digest"), cfg.digest(config)),
-            ("code", info.get("code_version"), runs.code_version())) if old != new]
-        if changed and not force:
-            raise UserError(f"{run_dir}: the {' and '.join(changed)} changed since this run "
-                            "started; resuming could mix two experiments (--force to resume)")
+        config = _resume_config(run, flags, overrides, force, quiet)
+        data_dir = data_dir or run.info.get("data", {}).get("path")
     else:
         config = cfg.resolve(source, flags, overrides)
     train_cfg = config["train"]
@@ -133,7 +145,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         from fashionlab import numpy_engine
 
         return numpy_engine.train(config, data_dir=data_dir, out=out, quiet=quiet,
-                                  resume=resume)
+                                  hooks=hooks, resume=resume)
     seed = train_cfg["seed"]
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -141,11 +153,18 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     net = models.build(config["model"]["layers"])
     dev = hardware.device()
     precision = hardware.resolve_precision(train_cfg["precision"], dev)
-    channels_last = net.is_conv and train_cfg["channels_last"] == "on"
+    channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     ds = data.load(data_dir, config["data"]["dataset"])
     tensors = to_tensors(ds, config["data"]["val"], seed, dev)
     if len(tensors.y_val) == 0 and train_cfg["patience"]:
         raise UserError("early stopping (train.patience) needs a validation split")
+    resources.check(net, config, run_dir if resume else runs.parent(out), dev,
+                    len(tensors.y_test))
+    if not distributed.is_main():  # the other ranks train in step with rank 0
+        with signals.graceful() as interrupt:
+            _fit(net, config, tensors, run_dir if resume else None, dev, precision,
+                 channels_last, True, (), resume is not None, interrupt)
+        return None
 
     if resume is None:
         run_dir = runs.create(config["model"]["name"] or "run", out)
@@ -153,38 +172,78 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
             "name": config["model"]["name"], "engine": "torch", "seed": seed,
             "config_digest": cfg.digest(config), "device": str(dev),
             "precision": precision, "cpu": hardware.cpu_description(),
-            "torch": torch.__version__, "params": net.params,
-            "data": {"source": ds.source, "path": str(ds.path), "verified": ds.verified}})
+            "torch": torch.__version__, "params": net.params, "pid": os.getpid(),
+            "world_size": distributed.rank_world()[1],
+            "data": {"source": ds.source, "path": str(Path(ds.path).resolve()),
+                     "verified": ds.verified}})
     else:
-        runs.set_state(run_dir, "running", "resumed")
+        runs.update_info(run_dir, state="running", reason="resumed", pid=os.getpid())
     try:
-        _fit(net, config, tensors, run_dir, dev, precision, channels_last, quiet, hooks,
-             resume is not None)
-    except StopRun as stop:
-        runs.set_state(run_dir, stop.state, stop.reason)
-        raise
-    except DivergedError as e:
-        runs.set_state(run_dir, "diverged", str(e))
-        raise
-    except KeyboardInterrupt:
-        runs.set_state(run_dir, "interrupted", "interrupted by the user")
-        raise
+        with signals.graceful() as interrupt:
+            _fit(net, config, tensors, run_dir, dev, precision, channels_last, quiet, hooks,
+                 resume is not None, interrupt)
+    except KeyboardInterrupt as e:
+        if not isinstance(e, signals.Interrupted):
+            e = signals.Interrupted(signal.SIGINT, "interrupted by the user")
+        runs.record_end(run_dir, e)
+        e.run_dir = run_dir
+        raise e from None
     except BaseException as e:
-        runs.set_state(run_dir, "failed", f"{type(e).__name__}: {e}")
+        runs.record_end(run_dir, e)
         raise
     return run_dir
 
 
+def _alive(info: dict) -> bool:
+    """Is the process recorded in run.json still running on this machine (and not us)?"""
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or info.get("host") != platform.node():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _resume_config(run: runs.Run, flags: dict | None, overrides: list[str], force: bool,
+                   quiet: bool) -> dict:
+    """The saved config (plus any new options); refuse a change of config or code or a run
+    still training elsewhere, unless forced, since resuming would mix two experiments."""
+    config = cfg.resolve(run.config, flags, overrides)
+    if run.info.get("state") == "running" and _alive(run.info) and not force:
+        raise RunError(f"{run.path} is still being trained by process {run.info['pid']}; "
+                       "stop it first (--force to resume anyway)")
+    changed = [what for what, old, new in (
+        ("config", run.info.get("config_digest"), cfg.digest(config)),
+        ("code", run.info.get("code_version"), runs.code_version())) if old != new]
+    if changed and not force:
+        raise RunError(f"{run.path}: the {' and '.join(changed)} changed since this run "
+                       "started; resuming could mix two experiments (--force to resume)")
+    if changed:
+        if not quiet:
+            print(f"warning: resuming {run.path} with a changed {' and '.join(changed)}",
+                  file=sys.stderr)
+        runs.write_text(run.path / "config.toml", cfg.dumps(config))
+        runs.update_info(run.path, config_digest=cfg.digest(config),
+                         code_version=runs.code_version())
+    return config
+
+
 def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.device,
          precision: str, channels_last: bool, quiet: bool, hooks: list[Hook],
-         resuming: bool) -> None:
+         resuming: bool, interrupt: signals.Flag) -> None:
     train_cfg, aug = config["train"], config["augment"]
     module = net.module.to(dev)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    rank, world = 0, 1  # data-parallel shard of every global batch
+    rank, world = distributed.rank_world()  # each rank trains on its slice of every batch
+    model = distributed.wrap(module, dev)  # DDP averages the gradients over the ranks
     batch, n = train_cfg["batch_size"], len(t.y_train)
     steps = math.ceil(n / batch)  # the last, partial batch is kept, as Keras does
+    distributed.check_shards(n, batch)
     opt = optim.make_optimizer(module.parameters(), train_cfg)
     schedule = optim.make_schedule(opt, train_cfg, steps)
     ema = EMA(module, train_cfg["ema"]) if train_cfg["ema"] else None
@@ -194,11 +253,14 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
     loop = Loop()
     saved = checkpoint.load(run_dir) if resuming else None
     if saved is not None:
-        module.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        if ema:
-            ema.module.load_state_dict(saved["ema"])
+        try:
+            module.load_state_dict(saved["model"])
+            _restore_optimizer(opt, schedule, saved)
+            if ema:
+                ema.module.load_state_dict(saved["ema"])
+        except (KeyError, ValueError, RuntimeError, AttributeError) as e:
+            raise RunError(f"{run_dir}: the checkpoint does not fit the changed config "
+                           f"({str(e).splitlines()[0]})") from None
         checkpoint.set_rng_state(saved["rng"], generators)
         loop = Loop(**saved["loop"])
     penalties, constraints = bool(net.penalties), bool(net.constraints)
@@ -214,6 +276,8 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{train_cfg['epochs']}", disable=not show,
                    leave=False, unit="step")
         for step in range(steps):
+            if interrupt.signum is not None:  # drop the partial epoch; the last one is saved
+                raise interrupt.error(f"during epoch {epoch} (last saved: epoch {loop.epoch})")
             idx = perm[step * batch:(step + 1) * batch][rank::world]
             x = t.x_train[idx].float()
             y = t.y_train[idx]
@@ -221,7 +285,7 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
                 x = augment.apply(x, aug, aug_gen)
             x = as_input(x, config, channels_last)
             with hardware.autocast(dev, precision):
-                z = module(x)
+                z = model(x)
             loss = F.cross_entropy(z.float(), y, label_smoothing=smoothing)
             if penalties:
                 loss = loss + models.penalty(net)
@@ -235,10 +299,12 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
                 ema.update()
             loss_sum += loss.detach() * len(y)
             correct += (z.detach().argmax(1) == y).sum()
-            if step % CHECK_EVERY == CHECK_EVERY - 1 and not torch.isfinite(loss_sum):
+            if step % CHECK_EVERY == CHECK_EVERY - 1 and not distributed.finite(loss_sum):
                 _diverged(epoch, step, loss_sum, opt, run_dir)
             bar.update()
         bar.close()
+        distributed.sum_(loss_sum, correct)  # the global loss and accuracy
+        distributed.average_buffers(module)
         if not torch.isfinite(loss_sum):
             _diverged(epoch, steps - 1, loss_sum, opt, run_dir)
         evaluated = module
@@ -255,21 +321,36 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
         loop.history.append(row)
         loop.epoch = epoch
         stop = _early_stopping(loop, row, train_cfg, evaluated)
-        runs.write_history(run_dir, loop.history)
-        checkpoint.save(run_dir, {
-            "model": module.state_dict(), "optimizer": opt.state_dict(),
-            "schedule": schedule.state_dict(), "ema": ema.module.state_dict() if ema else None,
-            "rng": checkpoint.rng_state(generators), "loop": vars(loop)})
-        if not quiet:
-            tqdm.write(_epoch_line(row, train_cfg["epochs"]), file=sys.stderr)
-        for hook in hooks:
-            hook(run_dir, epoch, row)
+        if rank == 0:  # the other ranks write nothing
+            checkpoint.save(run_dir, {
+                "model": module.state_dict(), "optimizer": opt.state_dict(),
+                "schedule": schedule.state_dict(),
+                "ema": ema.module.state_dict() if ema else None,
+                "rng": checkpoint.rng_state(generators), "loop": vars(loop)})
+            runs.write_history(run_dir, loop.history)  # after: never shows an unsaved epoch
+            if not quiet:
+                tqdm.write(runs.epoch_line(row, train_cfg["epochs"]), file=sys.stderr)
+            for hook in hooks:
+                hook(run_dir, epoch, row)
         if stop:
             break
     final = ema.module if ema else module
     if loop.best_weights is not None and train_cfg["restore_best"]:
         final.load_state_dict(loop.best_weights)
-    _finish(net, final, config, t, run_dir, dev, precision, channels_last, loop)
+    if rank == 0:
+        _finish(net, final, config, t, run_dir, dev, precision, channels_last, loop)
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, schedule, saved: dict) -> None:
+    """Load moments and step counts but keep the config's hyperparameters: the same values on
+    a plain resume, and on a forced one (say, a new lr or more epochs) the ones asked for."""
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    opt.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    for group, fresh, factor in zip(opt.param_groups, hyper, schedule.lr_lambdas, strict=True):
+        group.update(fresh, lr=fresh["initial_lr"] * factor(schedule.last_epoch))
+    schedule.base_lrs = [g["initial_lr"] for g in opt.param_groups]
+    schedule._last_lr = [g["lr"] for g in opt.param_groups]
 
 
 def _early_stopping(loop: Loop, row: dict, train_cfg: dict, module: torch.nn.Module) -> bool:
@@ -294,12 +375,6 @@ def _diverged(epoch: int, step: int, loss_sum: torch.Tensor, opt, run_dir: Path)
                         f"step {step + 1} (lr {lr:g}); lower the learning rate ({kept})")
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
-    return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}"
-            f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
-            f"  {row['seconds']:.1f}s")
-
-
 def _finish(net: models.Net, module: torch.nn.Module, config: dict, t: Tensors, run_dir: Path,
             dev: torch.device, precision: str, channels_last: bool, loop: Loop) -> None:
     """Test once, at the end, then write weights, predictions and metrics; mark finished."""
@@ -319,3 +394,6 @@ def _finish(net: models.Net, module: torch.nn.Module, config: dict, t: Tensors, 
         "val_accuracy": last.get("val_accuracy", math.nan),
         "best_epoch": loop.best_epoch, "params": net.params, "flops_per_image": net.flops})
     runs.set_state(run_dir, "finished")
+
+
+callable_module(__name__)  # fashionlab.train(...) keeps working once this module is imported

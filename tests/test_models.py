@@ -80,7 +80,7 @@ def test_lenet5_parameter_count():
     ([{"type": "flatten"}, {"type": "dense", "units": 10, "unit": 3}],
      r"layer 1 \(dense\): unknown key 'unit'"),
     ([{"type": "flatten"}, {"type": "dense"}], r"layer 1 \(dense\): dense needs 'units'"),
-    ([{"type": "conv3d"}], r"layer 0 \(conv3d\): unknown layer type"),
+    ([{"type": "conv3d"}], r"layer 0: unknown layer type 'conv3d'"),
     ([{"type": "flatten"}, {"type": "dense", "units": 12}], r"outputs shape \(12,\)"),
     ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"},
       {"type": "dense", "units": 10}], r"layer 1 \(dense\): softmax is only supported"),

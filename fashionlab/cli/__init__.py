@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from fashionlab import __version__
 from fashionlab.errors import UserError
 
-COMMANDS = ["train", "evaluate", "summary", "data", "quickstart"]
+COMMANDS = ["train", "evaluate", "summary", "data", "quickstart", "recipes", "show", "reproduce",
+            "plot", "compare", "baseline", "report", "sweep", "predict", "export", "serve"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fashionlab: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("fashionlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # exit 130 (SIGINT) or 143 (SIGTERM), as shells report
+        run_dir = getattr(e, "run_dir", None)
+        resume = f"; resume with: fashionlab train --resume {run_dir}" if run_dir else ""
+        print(f"fashionlab: {e or 'interrupted'}{resume}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    except BrokenPipeError:  # `fashionlab ... | head` closed our output: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # a bug: say so in one line unless --debug
         if args.debug:
             raise

@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue an unfinished run folder")
     p.add_argument("--force", action="store_true", help="resume even if config or code changed")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or epoch lines")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures in RUN/plots")
+    p.add_argument("--seeds", metavar="N|LIST", help="train several seeds, 5 (= 1..5) or "
+                   "1,2,3, in one group folder with a group.json (mean ± std)")
+    p.add_argument("--distributed", action="store_true", help="data-parallel over the "
+                   "processes torchrun starts (gloo on CPU, NCCL on GPU); see docs/scale.md")
     add_data_dir(p)
     p.set_defaults(func=run)
 
@@ -50,14 +55,46 @@ def run(args: argparse.Namespace) -> int:
     source = args.source or args.model
     if source is None and args.resume is None:
         raise UserError("name a recipe or a spec file (fashionlab recipes lists them)")
+    if source is not None and args.resume is not None:
+        raise UserError("--resume continues a run with its saved config: drop RECIPE|FILE "
+                        "(options and --set still apply, with --force)")
+    finished = args.resume is not None and load_run(args.resume, require_finished=False).finished
+    if finished:
+        print(f"{args.resume} is already finished; nothing to resume", file=sys.stderr)
     flags = {key: getattr(args, name) for name, key in FLAGS.items()}
+    if args.seeds:
+        return _seeds(args, source, flags)
+    if args.distributed:
+        from fashionlab import distributed
+
+        distributed.setup()
     path = train(source, flags=flags, overrides=args.overrides, data_dir=args.data_dir,
                  out=args.out, quiet=args.quiet, resume=args.resume, force=args.force)
+    if path is None:  # a distributed run's other ranks: rank 0 reports
+        return 0
     run = load_run(path)
-    if args.resume and run.info.get("reason") != "resumed":
-        print(f"{path} is already finished", file=sys.stderr)
     m = run.metrics
     print(f"run: {path}")
     print(f"test accuracy: {m['test_accuracy']:.4f}  test loss: {m['test_loss']:.4f}  "
           f"epochs: {m['epochs_run']}  {m['seconds_per_epoch']:.1f} s/epoch")
+    if not args.no_plots:
+        from fashionlab.cli.plot import report
+        from fashionlab.plots import plot_run
+
+        report(plot_run(run, data_dir=args.data_dir))
+    return 0
+
+
+def _seeds(args: argparse.Namespace, source: str, flags: dict) -> int:
+    from fashionlab import seeds
+    from fashionlab.errors import UserError
+
+    if args.resume or args.distributed or args.seed is not None:
+        raise UserError("--seeds runs new runs, one process each: drop --resume, "
+                        "--distributed and --seed")
+    group = seeds.train_seeds(source, seeds.parse_seeds(args.seeds), flags=flags,
+                              overrides=args.overrides, data_dir=args.data_dir, out=args.out,
+                              quiet=args.quiet)
+    print(f"group: {group}")
+    print(seeds.format_group(group))
     return 0

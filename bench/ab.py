@@ -1,0 +1,86 @@
+"""A/B timings behind two defaults: glibc's allocator thresholds, and fused optimizers.
+
+    nice .venv/bin/python bench/ab.py alloc weil-cnn duan-lenet5
+    nice .venv/bin/python bench/ab.py optimizer weil-fc
+
+Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
+shared machine's contention hits both alike; the median round counts. One thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from profile_step import make_step  # noqa: E402
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def alloc_variants(config: dict) -> dict:
+    """glibc's default (128 KiB mmap threshold) vs what hardware.keep_freed_memory sets."""
+    libc = ctypes.CDLL("libc.so.6")
+    step = make_step(config, True)
+
+    def variant(mmap: int, trim: int):
+        def run() -> None:
+            libc.mallopt(M_MMAP_THRESHOLD, mmap)
+            libc.mallopt(M_TRIM_THRESHOLD, trim)
+            step()
+        return run
+
+    return {"glibc default": variant(128 << 10, 128 << 10),
+            "keep freed (32 MiB / 1 GiB)": variant(32 << 20, 1 << 30)}
+
+
+def optimizer_variants(config: dict) -> dict:
+    """torch's CPU default (a Python loop over parameters) vs foreach vs fused Adam."""
+    from fashionlab import optim
+
+    def adam(flag: dict):
+        return lambda params, train: torch.optim.Adam(params, lr=1e-3, eps=optim.KERAS_EPSILON,
+                                                      **flag)
+
+    return {name: make_step(config, False, make_optimizer=adam(flag)) for name, flag in (
+        ("for-loop", {"foreach": False}), ("foreach", {"foreach": True}),
+        ("fused", {"fused": True}))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["alloc", "optimizer"])
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+
+    from fashionlab import config as cfg
+    from fashionlab import hardware
+
+    torch.set_num_threads(1)
+    print(f"CPU: {hardware.cpu_description()}", flush=True)
+    for name in args.recipes:
+        config = cfg.resolve(name)
+        variants = (alloc_variants if args.what == "alloc" else optimizer_variants)(config)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for key, step in variants.items():
+                step()
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                times[key].append((time.perf_counter() - start) / args.steps * 1000)
+        shown = "  ".join(f"{k} {statistics.median(v):.2f} ms" for k, v in times.items())
+        print(f"{name:<16} per step: {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Where a training step's time goes, per recipe, and channels-last vs contiguous, interleaved.
+
+    nice .venv/bin/python bench/profile_step.py weil-cnn duan-lenet5 --steps 100 --ops 8
+
+Runs the loop body of fashionlab.train (slice, float, normalise, forward, loss, backward,
+Adam step) on random uint8 images at the recipe's batch size. Variants are timed in rounds
+A, B, A, B... so that a shared machine's contention hits both alike; the median round counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from fashionlab import config as cfg
+from fashionlab import hardware, models, optim
+from fashionlab.inference import as_input
+
+
+def make_step(config: dict, channels_last: bool, compiled: bool = False, make_optimizer=None):
+    """One training step as a closure; make_optimizer(params, train) replaces fashionlab's."""
+    torch.manual_seed(0)
+    net = models.build(config["model"]["layers"])
+    module = net.module
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    opt = (make_optimizer or optim.make_optimizer)(module.parameters(), config["train"])
+    fwd = torch.compile(module) if compiled else module
+    batch = config["train"]["batch_size"]
+    images = torch.randint(0, 256, (batch * 8, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (batch * 8,))
+    state = {"i": 0}
+
+    def step() -> None:
+        i = state["i"] = (state["i"] + 1) % 8
+        x = as_input(images[i * batch:(i + 1) * batch].float(), config, channels_last)
+        loss = F.cross_entropy(fwd(x), labels[i * batch:(i + 1) * batch])
+        if net.penalties:
+            loss = loss + models.penalty(net)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_rounds(steps: dict, n: int, rounds: int, threads: list[int]) -> dict[str, float]:
+    """Median ms per step of each variant x thread count, over interleaved rounds of n steps."""
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {f"{k}/{t}t": [] for k in steps for t in threads}
+    for _ in range(rounds):
+        for (name, step), t in ((s, t) for s in steps.items() for t in threads):
+            torch.set_num_threads(t)
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            times[f"{name}/{t}t"].append((time.perf_counter() - start) / n * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def profile_ops(step, n: int, top: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--steps", type=int, default=50, help="steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--ops", type=int, default=0, help="print the top N ops (torch.profiler)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--threads", default="", help="thread counts to compare, e.g. 1,2 "
+                   "(default: what fashionlab picks)")
+    args = p.parse_args(argv)
+    hardware.configure_threads()
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [
+        torch.get_num_threads()]
+    print(f"CPU: {hardware.cpu_description()}, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for name in args.recipes:
+        config = cfg.resolve(name)
+        net = models.build(config["model"]["layers"])
+        steps = {"contiguous": make_step(config, False)}
+        if net.is_conv:
+            steps["channels_last"] = make_step(config, True)
+        if args.compile:
+            steps["compiled"] = make_step(config, False, compiled=True)
+        ms = time_rounds(steps, args.steps, args.rounds, threads)
+        batch = config["train"]["batch_size"]
+        shown = "  ".join(f"{k} {v:.2f} ms ({batch / v * 1000:.0f} img/s)" for k, v in ms.items())
+        print(f"{name:<24} batch {batch}  {shown}")
+        if args.ops:
+            torch.set_num_threads(threads[0])
+            print(profile_ops(list(steps.values())[-1], args.steps, args.ops))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Several seeds of one config, and their mean and spread.
+
+    fashionlab train weil-fc --seeds 1,2,3      # or --seeds 5 for seeds 1..5
+
+One seed's accuracy says little: two seeds of the same config often differ by more than two
+configs do. The runs go in one group folder beside a group.json:
+
+    runs/20261123-114501-weil-fc-seeds/
+        group.json                      {"kind": "fashionlab-seed-group", "seeds": [...],
+                                         "runs": [{"seed", "path", "test_accuracy",
+                                                   "val_accuracy"}, ...],
+                                         "test_accuracy": {"mean", "std", "n"}, ...}
+        20261123-114501-weil-fc/        an ordinary run folder per seed
+        ...
+
+group.json is rewritten after every run, so a stopped group keeps its finished seeds; std is
+the sample standard deviation (n - 1), 0 for one run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from fashionlab import config as cfg
+from fashionlab import runs
+from fashionlab.errors import UserError
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'1,2,3' -> [1, 2, 3]; '5' -> [1, 2, 3, 4, 5]."""
+    try:
+        items = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected a count (5) or a list (1,2,3)") from None
+    if len(items) == 1 and "," not in text:
+        if items[0] < 1:
+            raise UserError(f"--seeds {text}: the count must be at least 1")
+        return list(range(1, items[0] + 1))
+    if len(set(items)) != len(items) or not items:
+        raise UserError(f"--seeds {text!r}: list each seed once")
+    return items
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var), "n": n}
+
+
+def train_seeds(source: str | dict, seeds: list[int], *, flags: dict | None = None,
+                overrides: list[str] = (), data_dir: str | None = None,
+                out: str | None = None, quiet: bool = False) -> Path:
+    """Train one run per seed in a new group folder; return the folder."""
+    from fashionlab.train import train
+
+    config = cfg.resolve(source, flags, overrides)  # fail on a bad config before any folder
+    group = runs.create(f"{config['model']['name'] or 'run'}-seeds", out)
+    unseeded = {**config, "train": {**config["train"], "seed": 0}}
+    summary = {"kind": "fashionlab-seed-group", "source": str(source) if isinstance(
+        source, str) else "config", "config_digest_without_seed": cfg.digest(unseeded),
+        "seeds": seeds, "runs": []}
+    for seed in seeds:
+        path = train(config, flags={"train.seed": seed}, data_dir=data_dir, out=str(group),
+                     quiet=quiet)
+        metrics = runs.load_run(path).metrics
+        summary["runs"].append({"seed": seed, "path": path.name,
+                                "test_accuracy": metrics["test_accuracy"],
+                                "val_accuracy": metrics.get("val_accuracy", math.nan)})
+        for key in ("test_accuracy", "val_accuracy"):
+            summary[key] = spread([r[key] for r in summary["runs"]])
+        runs.write_json(group / "group.json", summary)
+    return group
+
+
+def format_group(group: Path) -> str:
+    import json
+
+    s = json.loads((group / "group.json").read_text())
+    lines = [f"{r['path']}  seed {r['seed']}  test accuracy {r['test_accuracy']:.4f}"
+             for r in s["runs"]]
+    t = s["test_accuracy"]
+    lines.append(f"test accuracy: {t['mean']:.4f} ± {t['std']:.4f} (mean ± std over "
+                 f"{t['n']} seeds)")
+    return "\n".join(lines)

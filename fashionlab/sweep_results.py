@@ -1,0 +1,97 @@
+"""Reading a sweep's study back: best trials, parameter importances, history plot, and the
+best configuration as a recipe file.
+
+    fashionlab sweep show --storage sweeps/weil-fc-fc-space/study.journal --write-recipe best.toml
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from fashionlab import config as cfg
+from fashionlab.errors import UserError
+from fashionlab.sweep import fmt, open_storage, override
+
+
+def load_study(name: str | None, storage: str):
+    import optuna
+
+    store = open_storage(storage, Path("."))
+    names = optuna.get_all_study_names(store)
+    if name is None:
+        if len(names) != 1:
+            raise UserError(f"name the study: the storage holds {', '.join(names) or 'none'}")
+        name = names[0]
+    if name not in names:
+        raise UserError(f"no study {name!r} in {storage} (it holds "
+                        f"{', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=name, storage=store)
+
+
+def best_config(study) -> dict:
+    """The study's base config with the best trial's values, and a header saying so."""
+    best = study.best_trial
+    base = cfg.parse_toml(study.user_attrs["config"], study.study_name)
+    config = cfg.resolve(base, overrides=[override(k, v) for k, v in best.params.items()])
+    settings = ", ".join(f"{k} = {fmt(v)}" for k, v in best.params.items())
+    config["recipe"] = {**cfg.DEFAULTS["recipe"], "description": (
+        f"Best trial ({best.number}) of sweep {study.study_name}: val accuracy "
+        f"{best.value:.4f} after {config['train']['epochs']} epochs"),
+        "notes": f"Written by `fashionlab sweep show --write-recipe` from study "
+                 f"{study.study_name}, base {base['model']['name'] or 'config'}; "
+                 f"searched values: {settings}."}
+    return config
+
+
+def importances(study) -> dict[str, float]:
+    import optuna
+
+    try:
+        return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # too few complete trials, or one value only
+        return {}
+
+
+def plot_history(study, path: Path) -> Path:
+    """Each trial's value and the best so far (matplotlib: no plotly, no browser)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.trials if t.value is not None]
+    xs, ys = [t.number for t in done], [t.value for t in done]
+    best = [max(ys[:i + 1]) for i in range(len(ys))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter(xs, ys, s=14, label="trial")
+    ax.step(xs, best, where="post", color="C3", label="best so far")
+    ax.set(xlabel="trial", ylabel="validation accuracy", title=study.study_name)
+    if ys:
+        ax.set_ylim(max(min(ys), max(ys) - 0.1), max(ys) + 0.005)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def show(study, top: int = 5) -> str:
+    """The best trials and each parameter's importance, as text."""
+    from optuna.trial import TrialState
+
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                        TrialState.RUNNING)}
+    lines = [f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                    key=lambda t: -t.value)[:top]
+    keys = list(ranked[0].params) if ranked else []
+    lines.append("  ".join(["trial", "val_acc", *keys]))
+    for t in ranked:
+        lines.append("  ".join([f"{t.number:5d}", f"{t.value:.4f}",
+                                *(fmt(t.params.get(k, math.nan)).rjust(len(k)) for k in keys)]))
+    weights = importances(study)
+    if weights:
+        lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()))
+    return "\n".join(lines)

@@ -1,0 +1,290 @@
+"""Every row of docs/errors.md: a class of bad input, the command that meets it, the message.
+
+Each case runs the CLI in-process and asserts exit code 2, exactly one line on stderr, no
+traceback, and the message (a regular expression, matched against that line).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import idx_bytes, make_images, write_idx_set
+
+from fashionlab import config as cfg
+from fashionlab import resources, runs
+from fashionlab.cli import main
+
+TINY = {"model": {"name": "tiny", "layers": [
+    {"type": "flatten"}, {"type": "dense", "units": 8, "activation": "relu"},
+    {"type": "dense", "units": 10, "activation": "softmax"}]},
+    "data": {"dataset": "any", "val": "first:10"}, "train": {"epochs": 1}}
+CSV_HEADER = "label," + ",".join(f"pixel{i}" for i in range(1, 785))
+IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+
+
+def idx_set(tmp: Path, gz: bool = False) -> Path:
+    return write_idx_set(tmp / "data", n_train=40, n_test=20, gz=gz)
+
+
+def info(folder: Path, dataset: str = "any") -> list[str]:
+    return ["data", "info", "--dataset", dataset, "--data-dir", str(folder)]
+
+
+def replace(tmp: Path, name: str, raw: bytes) -> list[str]:
+    folder = idx_set(tmp)
+    (folder / name).write_bytes(raw)
+    return info(folder)
+
+
+def edit(tmp: Path, name: str, change) -> list[str]:
+    folder = idx_set(tmp)
+    (folder / name).write_bytes(change((folder / name).read_bytes()))
+    return info(folder)
+
+
+def csv_set(tmp: Path, train_text: str | bytes) -> list[str]:
+    folder = tmp / "csv"
+    folder.mkdir()
+    x, y = make_images(3, 0)
+    good = CSV_HEADER + "\n" + "".join(
+        f"{label}," + ",".join(map(str, image.ravel())) + "\n"
+        for image, label in zip(x, y, strict=True))
+    (folder / "fashion-mnist_test.csv").write_text(good)
+    path = folder / "fashion-mnist_train.csv"
+    path.write_bytes(train_text if isinstance(train_text, bytes) else train_text.encode())
+    return info(folder)
+
+
+def spec(tmp: Path, doc: dict | str, *options: str) -> list[str]:
+    path = tmp / "spec.toml"
+    path.write_text(doc if isinstance(doc, str) else cfg.dumps(doc))
+    return ["train", str(path), "--data-dir", str(idx_set(tmp)), "-q", *options]
+
+
+def layers(*stack: dict) -> dict:
+    return {**TINY, "model": {"layers": list(stack)}}
+
+
+def fake_run(tmp: Path, state: str, reason: str = "", model: bytes | None = None) -> Path:
+    """A run folder in a given state, without training (the files other commands read)."""
+    path = runs.create("fake", tmp / "runs")
+    runs.start(path, cfg.dumps(cfg.resolve(TINY)), {"name": "fake"})
+    runs.set_state(path, state, reason)
+    if model is not None:
+        (path / "model.safetensors").write_bytes(model)
+    return path
+
+
+def digits(tmp: Path) -> list[str]:
+    folder = idx_set(tmp)
+    x, _ = make_images(40, 0)
+    (folder / IMAGES).write_bytes(idx_bytes(x // 8))  # dark thin-stroke-like images
+    return info(folder, "fashion-mnist")
+
+
+FLAT = {"type": "flatten"}
+OUT = {"type": "dense", "units": 10}
+CASES = [
+    # -- data files -------------------------------------------------------------------------
+    ("data folder missing", lambda t: info(t / "nope"), r"data folder .*/nope \(--data-dir\) "
+     r"does not exist"),
+    ("data file missing", lambda t: info(
+        _unlink(idx_set(t) / "t10k-labels-idx1-ubyte")),
+     r"/data: missing t10k-labels-idx1-ubyte\[\.gz\]$"),
+    ("corrupt gzip", lambda t: _cut_gz(idx_set(t, gz=True)),
+     r"train-images-idx3-ubyte\.gz: corrupt or truncated gzip data"),
+    ("truncated IDX", lambda t: edit(t, IMAGES, lambda b: b[:-100]),
+     r"truncated: header promises 31360 bytes of data for shape \(40, 28, 28\), file holds 31260"),
+    ("bytes after the data", lambda t: edit(t, IMAGES, lambda b: b + b"xx"),
+     r"2 unexpected bytes after the data for shape \(40, 28, 28\)"),
+    ("wrong magic number", lambda t: edit(t, LABELS, lambda b: b"\x00\x00\x08\x02" + b[4:]),
+     r"wrong magic number 0x00000802 \(expected 0x00000801 for labels or 0x00000803"),
+    ("not an IDX file", lambda t: replace(t, LABELS, b"<html>404</html>"),
+     r"wrong magic number 0x3c68746d"),
+    ("wrong IDX data type", lambda t: edit(t, LABELS, lambda b: b[:2] + b"\x0d" + b[3:]),
+     r"IDX data type 0x0d is not unsigned bytes \(0x08\)"),
+    ("images and labels mismatched", lambda t: edit(t, LABELS, lambda b: idx_bytes(
+        np.zeros(39, np.uint8))), r"training: 40 images but 39 labels"),
+    ("wrong image shape", lambda t: replace(t, IMAGES, idx_bytes(np.zeros((40, 32, 32)))),
+     r"training images have shape \(32, 32\), expected \(28, 28\)"),
+    ("labels out of range", lambda t: replace(t, LABELS, idx_bytes(np.full(40, 12))),
+     r"training labels: labels must lie in 0\.\.9, found 12\.\.12"),
+    ("MNIST digits, not Fashion-MNIST", digits,
+     r"these are MNIST handwritten digits, not Fashion-MNIST \(use --dataset any"),
+    ("modified or other data set", lambda t: info(idx_set(t), "fashion-mnist"),
+     r"files do not match the SHA-256 of Fashion-MNIST"),
+    ("CSV without header", lambda t: csv_set(t, "1,2,3\n"),
+     r"fashion-mnist_train\.csv: expected a header starting with 'label'"),
+    ("CSV wrong column count", lambda t: csv_set(t, "label,a,b\n1,2,3\n"),
+     r"header has 3 columns, expected 785 \(label \+ 784 pixels\)"),
+    ("CSV bad cell", lambda t: csv_set(t, CSV_HEADER + "\n" + "1," * 784 + "x\n"),
+     r"line 2 is not 785 integers"),
+    ("CSV short row", lambda t: csv_set(t, CSV_HEADER + "\n" + "1,2\n"),
+     r"line 2 is not 785 integers"),
+    ("CSV pixel out of range", lambda t: csv_set(t, CSV_HEADER + "\n" + "1," * 784 + "300\n"),
+     r"pixel values must lie in 0\.\.255"),
+    ("CSV label out of range", lambda t: csv_set(t, CSV_HEADER + "\n" + "11," + "0," * 783
+                                                 + "0\n"), r"labels must lie in 0\.\.9"),
+    ("CSV no rows", lambda t: csv_set(t, CSV_HEADER + "\n"), r"no data rows"),
+    ("CSV not text", lambda t: csv_set(t, b"\xff\xfe" + bytes(range(256))),
+     r"not a text CSV file"),
+    # -- spec files ---------------------------------------------------------------------------
+    ("invalid TOML", lambda t: spec(t, "[model\nlayers = 3"), r"spec\.toml: invalid TOML \("),
+    ("unknown section", lambda t: spec(t, {**TINY, "trian": {}}),
+     r"unknown section \[trian\] \(did you mean 'train'\?\)"),
+    ("unknown key", lambda t: spec(t, {**TINY, "train": {"lrate": 0.1}}),
+     r"unknown key train\.lrate \(did you mean 'lr'\?\)"),
+    ("wrong value type", lambda t: spec(t, {**TINY, "train": {"epochs": "ten"}}),
+     r"train\.epochs must be an integer, got 'ten'"),
+    ("spec file missing", lambda t: ["train", str(t / "missing.toml")],
+     r"cannot read .*missing\.toml: No such file or directory"),
+    ("unknown recipe", lambda t: ["train", "weil-fx"],
+     r"no recipe or file named 'weil-fx' \(did you mean 'weil-fc'\?\)"),
+    ("no layers", lambda t: spec(t, {"data": TINY["data"]}), r"the config has no \[model\] layers"),
+    ("unknown layer type", lambda t: spec(t, layers(FLAT, {"type": "dense2"}, OUT)),
+     r"layer 1: unknown layer type 'dense2' \(known: flatten, dense"),
+    ("unknown layer key", lambda t: spec(t, layers(FLAT, {"type": "dense", "unit": 5}, OUT)),
+     r"layer 1 \(dense\): unknown key 'unit' for dense \(accepted: units"),
+    ("missing layer key", lambda t: spec(t, layers(FLAT, {"type": "dense"})),
+     r"layer 1 \(dense\): dense needs 'units'"),
+    ("wrong layer value type", lambda t: spec(t, layers(FLAT, {**OUT, "activation": 1})),
+     r"layer 1 \(dense\): activation must be of type str, got 1"),
+    ("unknown activation", lambda t: spec(t, layers(FLAT, {**OUT, "activation": "relux"})),
+     r"unknown activation 'relux'"),
+    ("kernel larger than input", lambda t: spec(t, layers(
+        {"type": "conv2d", "filters": 4, "kernel": 30}, FLAT, OUT)),
+     r"layer 0 \(conv2d\): kernel 30x30 does not fit the 28x28 input"),
+    ("dense on an image", lambda t: spec(t, layers(OUT)),
+     r"layer 0 \(dense\): dense needs a flat input, got \(1, 28, 28\)"),
+    ("wrong number of outputs", lambda t: spec(t, layers(FLAT, {"type": "dense", "units": 5})),
+     r"the last layer outputs shape \(5,\); 10 classes need \(10,\)"),
+    ("softmax before the end", lambda t: spec(t, layers(
+        FLAT, {"type": "dense", "units": 8, "activation": "softmax"}, OUT)),
+     r"softmax is only supported on the last layer"),
+    ("absurdly large layer", lambda t: spec(t, layers(FLAT, {"type": "dense", "units": 10**8},
+                                                     OUT)),
+     r"layer 1 \(dense\): 78,500,000,000 parameters in one layer is too many"),
+    # -- options ------------------------------------------------------------------------------
+    ("negative lr", lambda t: spec(t, TINY, "--lr", "-1"),
+     r"train\.lr must not be negative, got -1\.0"),
+    ("zero batch size", lambda t: spec(t, TINY, "--batch-size", "0"),
+     r"train\.batch_size must be positive, got 0"),
+    ("zero epochs", lambda t: spec(t, TINY, "--epochs", "0"), r"train\.epochs must be positive"),
+    ("non-number epochs", lambda t: spec(t, TINY, "--epochs", "ten"),
+     r"argument --epochs: invalid int value: 'ten' \(see --help\)"),
+    ("unknown optimizer flag", lambda t: spec(t, TINY, "--optimizer", "adamax"),
+     r"argument --optimizer: invalid choice: 'adamax'"),
+    ("unknown optimizer in --set", lambda t: spec(t, TINY, "--set", "train.optimizer=adamax"),
+     r"train\.optimizer must be one of sgd, adam, adamw, rmsprop, got 'adamax'"),
+    ("infinite lr", lambda t: spec(t, TINY, "--set", "train.lr=inf"),
+     r"train\.lr must be a finite number, got inf"),
+    ("--set without =", lambda t: spec(t, TINY, "--set", "train.lr"),
+     r"--set 'train\.lr': expected KEY=VALUE"),
+    ("--set unknown key", lambda t: spec(t, TINY, "--set", "train.lrr=0.1"),
+     r"--set train\.lrr: unknown key train\.lrr \(did you mean 'lr'\?\)"),
+    ("--set missing layer", lambda t: spec(t, TINY, "--set", "model.layers.7.units=3"),
+     r"--set model\.layers\.7\.units: no layer 7 \(the model has 3"),
+    ("--set bad layer value", lambda t: spec(t, TINY, "--set", "model.layers.1.units=-3"),
+     r"layer 1 \(dense\): units must be a positive integer, got -3"),
+    ("bad --val", lambda t: spec(t, TINY, "--val", "half"),
+     r"bad validation split 'half': use first:N \(0<N<40\), last:F"),
+    ("--val out of range", lambda t: spec(t, TINY, "--val", "first:40"),
+     r"bad validation split 'first:40'"),
+    ("--val not finite", lambda t: spec(t, TINY, "--val", "first:nan"),
+     r"bad validation split 'first:nan'"),
+    ("early stopping without validation", lambda t: spec(
+        t, TINY, "--val", "none", "--set", "train.patience=2"),
+     r"early stopping \(train\.patience\) needs a validation split"),
+    ("unknown dataset", lambda t: spec(t, TINY, "--set", "data.dataset=cifar"),
+     r"data\.dataset must be one of fashion-mnist, any, got 'cifar'"),
+    ("resume with a recipe", lambda t: ["train", "quick-fc", "--resume", str(t)],
+     r"--resume continues a run with its saved config: drop RECIPE\|FILE"),
+    # -- resources ----------------------------------------------------------------------------
+    ("output folder not writable", lambda t: spec(t, TINY, "--out", str(_file(t) / "runs")),
+     r"output folder .*/a-file/runs is not writable \(Not a directory\)"),
+    ("not enough memory", lambda t: _patched(t, "available_memory", lambda device: 2**20),
+     r"not enough memory: this model with batch_size 32 needs about \d+ MiB, 1 MiB available "
+     r"\(lower train\.batch_size"),
+    ("not enough disk", lambda t: _patched(t, "free_disk", lambda folder: 2**20),
+     r"not enough disk space in .*: the run needs about \d+ MiB for its checkpoints, 1 MiB free"),
+    # -- run folders --------------------------------------------------------------------------
+    ("run folder missing", lambda t: ["evaluate", str(t / "nope")],
+     r"run folder .*/nope does not exist"),
+    ("not a run folder", lambda t: ["evaluate", str(t)],
+     r"is not a fashionlab run folder \(no run\.json\)"),
+    ("unreadable run.json", lambda t: ["evaluate", str(_bad_json(t))], r"run\.json is unreadable"),
+    ("interrupted run", lambda t: ["evaluate", str(fake_run(t, "interrupted", "interrupted by "
+                                                           "SIGINT during epoch 2"))],
+     r"is not finished \(state interrupted: interrupted by SIGINT during epoch 2\)$"),
+    ("run still running", lambda t: ["evaluate", str(fake_run(t, "running"))],
+     r"is not finished \(state running\)$"),
+    ("diverged run", lambda t: ["evaluate", str(fake_run(t, "diverged", "training diverged"))],
+     r"is not finished \(state diverged: training diverged\)$"),
+    ("compare an unfinished run", lambda t: ["compare", str(fake_run(t, "failed", "boom"))],
+     r"is not finished \(state failed: boom\)$"),
+    ("report on an unfinished run", lambda t: ["report", str(fake_run(t, "running")),
+                                              "-o", str(t / "r.html")],
+     r"is not finished \(state running\)$"),
+    ("corrupt weights file", lambda t: ["evaluate", str(fake_run(t, "finished", model=b"junk"))],
+     r"model\.safetensors: not a readable safetensors file"),
+    ("resume a missing run", lambda t: ["train", "--resume", str(t / "nope")],
+     r"run folder .*/nope does not exist"),
+]
+
+
+def _unlink(path: Path) -> Path:
+    path.unlink()
+    return path.parent
+
+
+def _cut_gz(folder: Path) -> list[str]:
+    path = folder / (IMAGES + ".gz")
+    path.write_bytes(path.read_bytes()[:200])
+    return info(folder)
+
+
+def _file(tmp: Path) -> Path:
+    (tmp / "a-file").write_text("not a folder")
+    return tmp / "a-file"
+
+
+def _bad_json(tmp: Path) -> Path:
+    (tmp / "run.json").write_text("{not json")
+    return tmp
+
+
+def _patched(tmp: Path, name: str, fake) -> tuple[list[str], dict]:
+    """A resources probe replaced by `fake`: a small machine, without needing one."""
+    return spec(tmp, TINY, "--out", str(tmp / "runs")), {name: fake}
+
+
+@pytest.mark.parametrize("make_argv, pattern", [pytest.param(m, p, id=i) for i, m, p in CASES])
+def test_bad_input(make_argv, pattern, tmp_path, capsys, monkeypatch):
+    argv = make_argv(tmp_path)
+    if isinstance(argv, tuple):
+        argv, fakes = argv
+        for name, fake in fakes.items():
+            monkeypatch.setattr(resources, name, fake)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors exit from parse_args
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    made = [p.parent.name for p in tmp_path.glob("runs/*/run.json")]
+    assert all("fake" in name for name in made), made  # a refused run leaves no folder
+
+
+def test_table_matches_docs():
+    """docs/errors.md lists exactly these cases, so the table and the tests cannot drift."""
+    doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
+    rows = [line.split("|")[1].strip() for line in doc.splitlines() if line.startswith("| ")]
+    tested_here = [r for r in rows[1:] if "tests/test_" not in r]
+    assert tested_here == [i for i, _, _ in CASES]

@@ -1,0 +1,153 @@
+"""Every shipped recipe builds, matches the report's parameter count, and trains; the recipes,
+show and reproduce commands work end to end on tiny data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import tomllib
+from conftest import write_idx_set
+
+from fashionlab import config, models, reproduce, runs
+from fashionlab.cli import main
+from fashionlab.errors import UserError
+from fashionlab.train import train
+
+RECIPES = config.recipe_names()
+REPORTS = ("weil-2020-fc-vs-cnn", "duan-2020-fc-vs-lenet", "korssjoen-2020-leakyrelu-bn",
+           "bas-ege-optimizers-augmentation")
+# Counted by hand from the reports' Keras layers (weights + biases; BN gamma and beta only).
+KERAS_PARAMS = {
+    "weil-fc": 784 * 256 + 256 + 256 * 10 + 10,
+    "weil-cnn": (9 * 32 + 32) + (9 * 32 * 16 + 16) + (6 * 6 * 16 * 128 + 128) + 1290,
+    "duan-fc": (784 * 320 + 320) + (320 * 130 + 130) + (130 * 10 + 10),
+    "duan-lenet5": (25 * 6 + 6) + (25 * 6 * 16 + 16) + (25 * 16 * 120 + 120) + (120 * 84 + 84)
+    + (84 * 10 + 10),
+    "korssjoen-fc": (784 * 1024 + 1024) + 2 * 1024 + (1024 * 512 + 512) + 2 * 512
+    + (512 * 256 + 256) + 2 * 256 + (256 * 10 + 10),
+    "korssjoen-cnn-maxpool": (25 * 128 + 128) + (25 * 128 * 256 + 256) + (25 * 256 * 512 + 512)
+    + (7 * 7 * 512 * 128 + 128) + (128 * 64 + 64) + (64 * 10 + 10),
+}
+# Small enough that the 7-million-parameter Korssjoen CNN trains a step in about a second.
+TINY = ["data.dataset=any", "data.val=first:10", "train.epochs=1", "train.batch_size=8",
+        "train.eval_batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_idx_set(tmp_path_factory.mktemp("micro"), n_train=40, n_test=20)
+
+
+def test_recipes_cover_the_reports() -> None:
+    reports = {reproduce.header(n)["report"] for n in RECIPES}
+    assert set(REPORTS) <= reports
+    assert len([n for n in RECIPES if reproduce.header(n)["report"]]) >= 14
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_builds_and_trains(name: str, micro_data: Path, tmp_path: Path) -> None:
+    resolved = config.resolve(name)
+    head = resolved["recipe"]
+    assert head["description"] and "\n" not in head["description"]
+    assert 0 <= head["claimed_test_accuracy"] < 1 and 0 <= head["claimed_val_accuracy"] < 1
+    if head["report"]:
+        assert head["section"] and len(head["notes"]) > 100, "say what was inferred and why"
+    net = models.build(resolved["model"]["layers"])
+    if head["claimed_params"]:
+        assert net.params == head["claimed_params"]
+    if name in KERAS_PARAMS:
+        assert net.params == KERAS_PARAMS[name]
+    run = runs.load_run(train(name, overrides=TINY, data_dir=str(micro_data), out=str(tmp_path),
+                              quiet=True))
+    assert run.metrics["epochs_run"] == 1
+    assert 0 <= run.metrics["test_accuracy"] <= 1
+    assert math.isfinite(run.metrics["test_loss"])
+
+
+def test_recipes_command_lists_and_filters(capsys: pytest.CaptureFixture) -> None:
+    assert main(["recipes", "weil"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["recipe", "report"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["weil-cnn", "weil-fc"]
+    fc = lines[2].split()
+    assert fc[1:4] == ["weil-2020-fc-vs-cnn", "88.97", "203,530"]
+    assert main(["recipes", "bas-cnn-*"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 3 and all("val 9" in r for r in rows)
+    assert main(["recipes", "no-such-thing"]) == 2
+
+
+@pytest.mark.parametrize("name", ["weil-cnn", "korssjoen-fc", "bas-cnn-sgd"])
+def test_show_prints_toml_that_resolves_to_the_same_config(
+        name: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["show", name]) == 0
+    doc = tomllib.loads(capsys.readouterr().out)
+    assert config.resolve(doc) == config.resolve(name)
+    assert main(["show", name, "--set", "train.epochs=3"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["train"]["epochs"] == 3
+    assert main(["show", name, "--set", "train.epoch=3"]) == 2
+
+
+def test_select_by_report_field_or_prefix() -> None:
+    assert reproduce.select("weil") == ["weil-cnn", "weil-fc"]
+    assert reproduce.select("duan-2020-fc-vs-lenet") == ["duan-fc", "duan-fc-deep", "duan-lenet5"]
+    everything = reproduce.select("all")
+    assert "quick-fc" not in everything and "bas-cnn-sgd" in everything
+    assert reproduce.select("bas-ann-*") == ["bas-ann-adam", "bas-ann-rmsprop", "bas-ann-sgd"]
+    assert reproduce.select("quick-fc") == ["quick-fc"]
+    with pytest.raises(UserError, match="no recipe reproduces"):
+        reproduce.select("nobody")
+    with pytest.raises(UserError, match="no recipe reproduces"):
+        reproduce.select("nobody-*")
+
+
+def test_difference_uses_the_claimed_split() -> None:
+    both = reproduce.Row("a", 0.8897, 0.9010, 13, 13, test=[0.90, 0.91], val=[0.5, 0.5])
+    assert reproduce._difference(both) == "+1.53"
+    val_only = reproduce.Row("b", 0.0, 0.93, 1, 50, test=[0.8], val=[0.9])
+    assert reproduce._difference(val_only) == "-3.00 (val)"
+    assert reproduce._difference(reproduce.Row("c", 0.0, 0.0, 1, 1, test=[0.8])) == "—"
+    cells = reproduce.table_row(both)
+    assert cells[:3] == ["`a`", "88.97", "90.50 ± 0.71"] and cells[6] == "13"
+    assert reproduce.table_row(val_only)[6] == "1 of 50 (capped)"
+
+
+def test_reproduce_command_writes_the_table(tiny_data: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    table = tmp_path / "out" / "weil.md"
+    code = main(["reproduce", "weil", "--max-epochs", "1", "--set", "data.dataset=any",
+                 "--set", "data.val=first:50", "--data-dir", str(tiny_data),
+                 "--out", str(tmp_path / "runs"), "-o", str(table), "-q"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert table.read_text() == printed
+    assert "fashionlab reproduce weil --max-epochs 1 --set data.dataset=any" in printed
+    assert "machine: " in printed and "capped by --max-epochs" in printed
+    rows = [ln for ln in printed.splitlines() if ln.startswith("| `")]
+    assert [r.split(" | ")[0] for r in rows] == ["| `weil-fc`", "| `weil-cnn`"]  # cheap first
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert len(cells) == len(reproduce.COLUMNS)
+    assert cells[1] == "88.97" and cells[3] == "90.10" and cells[6] == "1 of 13 (capped)"
+    measured = float(cells[2])
+    assert 0 <= measured <= 100
+    assert cells[5] == f"{measured - 88.97:+.2f}"
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_run_recipe_over_seeds(tiny_data: Path, tmp_path: Path) -> None:
+    row = reproduce.run_recipe("weil-fc", seeds=2, max_epochs=1,
+                               overrides=["data.dataset=any", "data.val=first:50"],
+                               out=str(tmp_path), data_dir=str(tiny_data), quiet=True)
+    assert len(row.test) == len(row.val) == len(row.runs) == 2
+    assert [runs.load_run(p).info["seed"] for p in row.runs] == [0, 1]
+    assert row.capped and row.epochs == 1 and row.full_epochs == 13
+    assert "±" in reproduce.table_row(row)[2]
+
+
+def test_reproduce_rejects_bad_counts() -> None:
+    with pytest.raises(UserError, match="--seeds"):
+        reproduce.reproduce("weil", seeds=0)
+    with pytest.raises(UserError, match="--max-epochs"):
+        reproduce.reproduce("weil", max_epochs=0)

@@ -1,0 +1,136 @@
+"""`fashionlab serve`: the API through FastAPI's TestClient, the page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import write_idx_set
+from PIL import Image
+
+from fashionlab.inference import load_trained
+from fashionlab.serve import create_app
+from fashionlab.train import train
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    config = {"model": {"name": "tiny", "layers": [
+        {"type": "flatten"}, {"type": "dense", "units": 16, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]},
+        "data": {"dataset": "any", "val": "first:50"}, "train": {"epochs": 1, "seed": 1}}
+    run = train(config, data_dir=str(write_idx_set(root / "data")), out=str(root / "runs"),
+                quiet=True)
+    return load_trained(run)
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(trained, max_upload=50_000))
+
+
+def png(h: int = 120, w: int = 80) -> bytes:
+    g = np.full((h, w), 235, np.uint8)
+    g[10:h - 10, 20:w - 20] = 40
+    out = io.BytesIO()
+    Image.fromarray(g).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_health_and_page(client, trained):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["classes"] == list(trained.classes)
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="pad"' in page.text and "fetch(\"predict\"" in page.text
+
+
+def test_predict_round_trip(client, trained):
+    r = client.post("/predict", files={"file": ("../../etc/shoe.png", png(), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"file", "label", "class", "probabilities", "input_png"}
+    assert body["file"] == "shoe.png"
+    assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-4
+    assert body["class"] == trained.classes[body["label"]]
+    seen = Image.open(io.BytesIO(base64.b64decode(body["input_png"].split(",", 1)[1])))
+    image = np.array(seen)
+    assert image.shape == (28, 28) and image[0, 0] == 0 and image[14, 14] == 255
+    expected = trained.probabilities(image[None])[0]
+    assert np.abs(np.array(body["probabilities"]) - expected).max() < 1e-5
+
+
+def test_bad_uploads_are_refused(client):
+    r = client.post("/predict", files={"file": ("notes.txt", b"just text", "text/plain")})
+    assert r.status_code == 400 and "not a readable image" in r.json()["detail"]
+    r = client.post("/predict", files={"file": ("flat.png", png(10, 10)[:60], "image/png")})
+    assert r.status_code == 400
+    r = client.post("/predict", files={"other": ("x.png", png(), "image/png")})
+    assert r.status_code == 400 and "'file'" in r.json()["detail"]
+    big = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(big).save(out, format="BMP")                 # 90 KB > the 50 KB limit
+    r = client.post("/predict", files={"file": ("big.bmp", out.getvalue(), "image/bmp")})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    """A real uvicorn server on a free localhost port, in a thread, for the browser."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(trained), log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={profile}", "--window-size=960,720",
+             "--virtual-time-budget=8000", *args],
+            capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_renders_and_predicts_in_chromium(server, trained, tmp_path):
+    shot = tmp_path / "serve.png"
+    chromium(f"--screenshot={shot}", server + "#demo")
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.shape == (720, 960)
+    assert image.std() > 20                        # not a blank page
+    dom = chromium("--dump-dom", server + "#demo").stdout
+    names = re.findall(r'<div class="bar"><span class="name">([^<]*)</span>', dom)
+    assert len(names) == 3 and set(names) <= set(trained.classes), dom[-3000:]
+    assert 'src="data:image/png;base64,' in dom
+    assert re.search(r'<p id="error" role="alert"></p>', dom)

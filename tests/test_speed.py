@@ -1,0 +1,143 @@
+"""The speed paths choose by measured rules and never change results: precision, layout,
+threads; the bench scripts at least parse their arguments. No timings here (see bench/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashionlab import config as cfg
+from fashionlab import hardware, models
+from fashionlab.inference import logits
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def flags(monkeypatch):
+    def set_flags(*names: str) -> None:
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(("avx2", *names)))
+
+    return set_flags
+
+
+@pytest.mark.parametrize("cpu, expected", [
+    ((), "fp32"), (("avx512f",), "fp32"), (("avx512f", "avx512_bf16"), "bf16"),
+    (("amx_bf16", "amx_tile"), "bf16")])
+def test_auto_precision_is_bf16_only_with_native_bf16(flags, cpu, expected):
+    flags(*cpu)
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_explicit_precision_is_kept(flags):
+    flags()
+    assert hardware.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    flags("amx_bf16")
+    assert hardware.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_cpu_description_names_the_deciding_flags(flags):
+    flags("avx512f", "amx_bf16")
+    text = hardware.cpu_description()
+    assert "avx2 avx512f amx_bf16" in text and "cores" in text and "thread" in text
+
+
+def test_channels_last_rule():
+    assert hardware.use_channels_last("auto", True) and hardware.use_channels_last("on", True)
+    assert not hardware.use_channels_last("off", True)
+    assert not hardware.use_channels_last("auto", False)
+    assert not hardware.use_channels_last("on", False)
+
+
+@pytest.mark.parametrize("load, cores, expected", [(0.3, 2, 2), (1.9, 2, 2), (2.0, 2, 1),
+                                                   (16.0, 2, 1), (5.0, 1, 1), (3.0, 8, 8)])
+def test_threads_drop_to_one_on_a_busy_machine(monkeypatch, load, cores, expected):
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(hardware, "usable_cores", lambda: cores)
+    hardware.thread_count.cache_clear()
+    try:
+        assert hardware.thread_count() == expected
+    finally:
+        hardware.thread_count.cache_clear()
+
+
+@pytest.mark.parametrize("recipe", ["fast", "best", "duan-lenet5"])
+def test_channels_last_predicts_the_same(recipe):
+    config = cfg.resolve(recipe, overrides=["train.tta_flip=true"])
+    torch.manual_seed(0)
+    net = models.build(config["model"]["layers"])
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    # a few training-mode batches so BN's running statistics are not the identity
+    net.module.train()
+    for _ in range(3):
+        net.module(torch.randn(64, 1, 28, 28))
+    plain = logits(net.module, images, config, torch.device("cpu"), "fp32", False)
+    last = logits(net.module.to(memory_format=torch.channels_last), images, config,
+                  torch.device("cpu"), "fp32", True)
+    assert plain.shape == (64, 10)
+    torch.testing.assert_close(last, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["fast", "best"])
+def test_frontier_recipes_resolve_and_select_on_validation(recipe):
+    config = cfg.resolve(recipe)
+    net = models.build(config["model"]["layers"])
+    assert config["data"]["val"] == "first:5000" and net.is_conv
+    assert net.flops > 1e6 and net.params > 10_000
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab"])
+def test_bench_scripts_show_help(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        _load(name).main(["--help"])
+    assert done.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_vs_keras_rejects_an_unknown_model():
+    with pytest.raises(SystemExit) as done:
+        _load("vs_keras").main(["--models", "000-fc,nope"])
+    assert done.value.code == 2
+
+
+def test_keras_side_translates_every_layer_type():
+    """Without TensorFlow: a stand-in `keras` records which layer each table becomes."""
+    side = _load("keras_side")
+
+    class Recorder:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: (name, args, kwargs)
+
+    class FakeKeras:
+        layers = regularizers = Recorder()
+
+    net_types = set(models.LAYER_KEYS)
+    specs = [{"type": t, "units": 4, "filters": 4, "kernel": 3, "rate": 0.1}
+             for t in sorted(net_types)]
+    made = {s["type"]: side.keras_layer(s, FakeKeras)[0] for s in specs}
+    assert made["conv2d"] == "Conv2D" and made["maxpool"] == "MaxPooling2D"
+    assert made["batchnorm"] == "BatchNormalization" and made["leaky_relu"] == "LeakyReLU"
+    assert made["tanh"] == "Activation" and made["dense"] == "Dense"
+    assert sys.modules.get("tensorflow") is None
+
+
+def test_keep_freed_memory_yields_to_the_users_setting(monkeypatch):
+    hardware.keep_freed_memory.cache_clear()
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    try:
+        assert hardware.keep_freed_memory() is False
+    finally:
+        hardware.keep_freed_memory.cache_clear()
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert hardware.keep_freed_memory() is (hardware.platform.system() == "Linux")

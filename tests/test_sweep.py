@@ -1,0 +1,283 @@
+"""Sweeps: space validation, several workers on one study, resuming, show, and PostgreSQL."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from fashionlab import config as cfg  # noqa: E402
+from fashionlab import sweep  # noqa: E402
+from fashionlab.cli import main  # noqa: E402
+from fashionlab.errors import SpecError, UserError  # noqa: E402
+
+SPACE = """
+train.lr = { type = "float", low = 1e-3, high = 3e-2, log = true }
+model.layers.1.units = { type = "int", low = 8, high = 24 }
+"""
+TINY = """
+[model]
+name = "tiny"
+layers = [
+  { type = "flatten" },
+  { type = "dense", units = 16, activation = "relu" },
+  { type = "dense", units = 10, activation = "softmax" },
+]
+[data]
+dataset = "any"
+val = "first:50"
+[train]
+epochs = 2
+batch_size = 32
+seed = 1
+"""
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "tiny.toml").write_text(TINY)
+    (tmp_path / "space.toml").write_text(SPACE)
+    return tmp_path / "tiny.toml", tmp_path / "space.toml"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('train.lr = { type = "real", low = 1, high = 2 }', "type must be one of"),
+    ('train.lr = { type = "float", low = 2, high = 1 }', "low (2) must be below high (1)"),
+    ('train.lr = { type = "float", low = 0, high = 1, log = true }', "log range needs low > 0"),
+    ('train.lr = { type = "float", low = 0.1, high = 1, logg = true }', "unknown field 'logg'"),
+    ('model.layers.1.units = { type = "int", low = 1.5, high = 8 }', "low must be an integer"),
+    ('train.opt = { type = "categorical", choices = ["adam"] }', "unknown key train.opt"),
+    ('model.layers.7.units = { type = "int", low = 8, high = 16 }', "no layer 7"),
+    ('train.optimizer = { type = "categorical", choices = ["adam", "lion"] }', "'lion'"),
+    ('train.optimizer = { type = "categorical", choices = [] }', "non-empty list"),
+    ("train.lr = 0.01", "must be a table"),
+    ("", "names no keys"),
+])
+def test_bad_space_is_one_line_error(files, text, message):
+    recipe, space = files
+    space.write_text(text)
+    with pytest.raises(SpecError, match="bad sweep space") as e:
+        sweep.read_space(space, cfg.resolve(str(recipe)))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_space_keys_nested_or_quoted_are_the_same(files):
+    recipe, space = files
+    space.write_text('"train.lr" = { type = "float", low = 0.001, high = 0.01 }\n'
+                     'model.layers.1.units = { type = "int", low = 8, high = 64, step = 8 }\n')
+    params = sweep.read_space(space, cfg.resolve(str(recipe)))
+    assert [(p.key, p.kind, p.low, p.high, p.step) for p in params] == [
+        ("train.lr", "float", 0.001, 0.01, None), ("model.layers.1.units", "int", 8, 64, 8)]
+
+
+def test_storage_choices(tmp_path):
+    with pytest.raises(UserError, match="unsupported storage"):
+        sweep.open_storage("mysql://x/y", tmp_path)
+    with pytest.warns(UserWarning, match="one worker only"):
+        sweep.open_storage(f"sqlite:///{tmp_path}/s.db", tmp_path)
+    store = sweep.open_storage(None, tmp_path / "sw")
+    assert type(store).__name__ == "JournalStorage"
+
+
+def _worker(recipe: Path, space: Path, trials: int, storage: str, out: Path, data: Path,
+            heartbeat: tuple[int, int] = (30, 120)) -> subprocess.Popen:
+    """One sweep worker in its own process, as a user would start it on another terminal."""
+    code = (f"import fashionlab.sweep as s; s.HEARTBEAT, s.GRACE = {heartbeat}; s.POLL = 0.5\n"
+            f"s.sweep({str(recipe)!r}, {str(space)!r}, {trials}, storage={storage!r}, "
+            f"study='tiny', out={str(out)!r}, data_dir={str(data)!r}, log=lambda _: None)")
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
+def _trials(storage, name: str = "tiny"):
+    if name not in optuna.get_all_study_names(storage):  # no worker has made it yet
+        return []
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def test_two_workers_share_a_journal_and_stop_at_n(files, tiny_data, tmp_path):
+    recipe, space = files
+    journal = str(tmp_path / "sw" / "study.journal")
+    workers = [_worker(recipe, space, 5, journal, tmp_path / "sw", tiny_data) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-2000:]
+    trials = _trials(sweep.open_storage(journal, tmp_path))
+    assert sum(t.state in FINISHED for t in trials) == 5
+    assert len({t.number for t in trials}) == len(trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers took trials
+    runs = sorted((tmp_path / "sw" / "trials").iterdir())
+    assert len(runs) == len(trials)
+    for t in trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            history = (Path(t.user_attrs["run"]) / "history.csv").read_text().splitlines()
+            assert len(history) == 3 and 0 < t.value <= 1  # header + 2 epochs
+
+
+def test_rerun_resumes_and_show_writes_best_recipe(files, tiny_data, tmp_path, capsys):
+    recipe, space = files
+    out = tmp_path / "sw"
+    args = ["sweep", str(recipe), "--space", str(space), "--study", "tiny", "--out", str(out),
+            "--data-dir", str(tiny_data), "--pruner", "none", "--epochs", "1"]
+    assert main([*args, "--trials", "2"]) == 0
+    assert main([*args, "--trials", "2"]) == 0  # already done: no new trial
+    assert main([*args, "--trials", "3"]) == 0  # one more
+    journal = str(out / "study.journal")
+    study = optuna.load_study(study_name="tiny", storage=sweep.open_storage(journal, out))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    capsys.readouterr()
+
+    best = tmp_path / "best.toml"
+    assert main(["sweep", "show", "--storage", journal, "--write-recipe", str(best)]) == 0
+    printed = capsys.readouterr().out
+    assert "study tiny: 3 complete" in printed and f"{study.best_value:.4f}" in printed
+    assert (out / "history.png").stat().st_size > 1000
+    written = cfg.resolve(str(best))
+    assert written["train"]["lr"] == pytest.approx(study.best_params["train.lr"])
+    assert written["model"]["layers"][1]["units"] == study.best_params["model.layers.1.units"]
+    assert written["train"]["epochs"] == 1 and "Best trial" in written["recipe"]["description"]
+
+
+def test_another_config_under_the_same_study_is_refused(files, tiny_data, tmp_path):
+    recipe, space = files
+    common = dict(storage=None, study="tiny", out=str(tmp_path / "sw"), data_dir=str(tiny_data),
+                  log=lambda _: None)
+    sweep.sweep(str(recipe), space, 1, epochs=1, **common)
+    with pytest.raises(UserError, match="started with another config"):
+        sweep.sweep(str(recipe), space, 2, epochs=2, **common)
+
+
+def test_sweep_needs_a_validation_split(files):
+    recipe, space = files
+    recipe.write_text(TINY.replace('val = "first:50"', 'val = "none"'))
+    with pytest.raises(UserError, match="validation split"):
+        sweep.sweep(str(recipe), space, 2)
+
+
+# PostgreSQL: a throwaway cluster in a temp dir, as an unprivileged user (postgres refuses root).
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("pg_ctl") or next(iter(sorted(glob.glob(
+        "/usr/lib/postgresql/*/bin/pg_ctl"))), None)
+    return Path(found).resolve().parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    if os.environ.get("FASHIONLAB_TEST_PG"):
+        yield os.environ["FASHIONLAB_TEST_PG"]
+        return
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="fashionlab-pg-"))
+    if os.geteuid() == 0:
+        user = "postgres" if _has_user("postgres") else "nobody"
+        shutil.chown(folder, user)
+        as_user = ["runuser", "-u", user, "--"]
+    port, data = _free_port(), folder / "data"
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    try:
+        pg(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "fl")
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+           f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
+        yield f"postgresql://fl@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_postgres_killed_worker_fails_and_study_completes(files, tiny_data, tmp_path,
+                                                          postgres_url):
+    recipe, space = files
+    recipe.write_text(TINY.replace("epochs = 2", "epochs = 6"))  # long enough to kill mid-way
+    storage = sweep.open_storage(postgres_url, tmp_path)
+    if "tiny" in optuna.get_all_study_names(storage):  # a given server may hold an old run
+        optuna.delete_study(study_name="tiny", storage=storage)
+    start = [(recipe, space, 3, postgres_url, tmp_path / f"sw{i}", tiny_data, (1, 3))
+             for i in range(2)]
+    doomed, survivor = _worker(*start[0]), _worker(*start[1])
+    deadline, mine = time.time() + 120, []
+    while time.time() < deadline and doomed.poll() is None:
+        mine = [t for t in _trials(storage) if t.user_attrs.get("pid") == doomed.pid
+                and t.state == optuna.trial.TrialState.RUNNING]
+        if mine and (tmp_path / "sw0" / "trials").exists():
+            break
+        time.sleep(0.2)
+    assert mine, "the first worker never started a trial"
+    os.kill(doomed.pid, signal.SIGKILL)  # no chance to mark its trial: the heartbeat must
+    doomed.wait()
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err[-2000:]
+    by_number = {t.number: t for t in _trials(storage)}
+    assert by_number[mine[0].number].state == optuna.trial.TrialState.FAIL
+    assert sum(t.state in FINISHED for t in by_number.values()) == 3
+    assert len(by_number) == len(_trials(storage))
+
+
+# Multi-seed runs.
+
+@pytest.mark.parametrize("text, seeds", [("3", [1, 2, 3]), ("4,2", [4, 2]), ("7,", [7])])
+def test_parse_seeds(text, seeds):
+    from fashionlab.seeds import parse_seeds
+
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "a", "1,1", "1.5"])
+def test_bad_seeds(text):
+    from fashionlab.seeds import parse_seeds
+
+    with pytest.raises(UserError, match="--seeds"):
+        parse_seeds(text)
+
+
+def test_seeds_write_a_group_summary(files, tiny_data, tmp_path, capsys):
+    import json
+    import statistics
+
+    recipe, _ = files
+    assert main(["train", str(recipe), "--seeds", "1,2", "--epochs", "1", "--quiet",
+                 "--no-plots", "--data-dir", str(tiny_data), "--out", str(tmp_path / "r")]) == 0
+    (group,) = (tmp_path / "r").iterdir()
+    summary = json.loads((group / "group.json").read_text())
+    accs = [json.loads((group / r["path"] / "metrics.json").read_text())["test_accuracy"]
+            for r in summary["runs"]]
+    seeds = [json.loads((group / r["path"] / "run.json").read_text())["seed"]
+             for r in summary["runs"]]
+    assert seeds == [1, 2] and summary["seeds"] == [1, 2]
+    assert summary["test_accuracy"] == pytest.approx(
+        {"mean": statistics.mean(accs), "std": statistics.stdev(accs), "n": 2})
+    assert f"{statistics.mean(accs):.4f} ± " in capsys.readouterr().out
