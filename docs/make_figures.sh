@@ -15,7 +15,7 @@ else
     out=$(mktemp -d)
     fc=$($fl train quick-fc --out "$out" --quiet --no-plots | sed -n 's/^run: //p')
     cnn=$($fl train quick-cnn --out "$out" --quiet --no-plots | sed -n 's/^run: //p')
-    logreg=$($fl baseline logreg --out "$out" --quiet --no-plots | sed -n 's/^run: //p')
+    logreg=$($fl baseline logreg --train-size 60000 --out "$out" --quiet --no-plots | sed -n 's/^run: //p')
 fi
 mkdir -p docs/figures
 $fl compare "$fc" "$cnn" "$logreg" --plot docs/figures/compare_curves.svg \

@@ -33,7 +33,7 @@ from fashionlab.errors import UserError
 
 # method -> (description, default train size, slow?, exponent of fit time in train size)
 METHODS = {
-    "logreg": ("multinomial logistic regression (lbfgs, C=1, 200 iterations)", 60000, False, 1.0),
+    "logreg": ("multinomial logistic regression (lbfgs, C=1, 200 iterations)", 20000, True, 1.0),
     "svc": ("support vector machine, RBF kernel, C=10, sigmoid-calibrated", 10000, True, 1.8),
     "random-forest": ("random forest, 100 trees", 20000, True, 1.1),
     "knn": ("k-nearest neighbours, k=5, distance-weighted", 60000, False, 1.0),

@@ -74,12 +74,12 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1,
     return f"<table><tr>{cells('th', head)}</tr>{body}</table>"
 
 
-def _data_section(ds: data.DataSet | None, note: str) -> str:
+def _data_section(ds: data.DataSet | None, note: str, source: str) -> str:
     if ds is None:
         return f'<p class="note">{html.escape(note)}</p>'
     counts = [np.bincount(y, minlength=len(ds.classes)) for y in (ds.train_y, ds.test_y)]
     facts = _table(["", ""], [
-        ["source", html.escape(f"{ds.source} ({ds.path})")],
+        ["source", html.escape(f"{source or ds.source} ({ds.path})")],
         ["checksums", "verified against the official files" if ds.verified
          else "not verified (not the official files, or a custom data set)"],
         ["images", f"{len(ds.train_y):,} training, {len(ds.test_y):,} test, "
@@ -203,6 +203,7 @@ def build(items: list[runs.Run | str | Path], title: str = "Fashion-MNIST study"
                   for i, e in enumerate(c.entries, 1))
     body = "\n".join(_run_section(i, e, ds) for i, e in enumerate(c.entries, 1))
     stamp = time.strftime("%Y-%m-%d %H:%M")
+    source = c.entries[0].run.info.get("data", {}).get("source", "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -212,7 +213,7 @@ def build(items: list[runs.Run | str | Path], title: str = "Fashion-MNIST study"
 <p class="meta">{len(c.entries)} runs · generated {stamp} by fashionlab {__version__}</p>
 <nav><b>Contents</b><ol><li><a href="#data">Data</a></li>
 <li><a href="#comparison">Comparison</a></li>{toc}</ol></nav>
-<section id="data"><h2>1. Data</h2>{_data_section(ds, note)}</section>
+<section id="data"><h2>1. Data</h2>{_data_section(ds, note, source)}</section>
 <section id="comparison"><h2>2. Comparison</h2>{_comparison_section(c)}</section>
 {body}
 <p class="note">Intervals: Wilson score, 95%. McNemar: exact two-sided binomial test on the

@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "an ordinary run folder that compare and report accept.")
     p.add_argument("method", choices=METHODS)
     p.add_argument("--train-size", type=int, metavar="N", help="training images, a seeded "
-                   "random subset (default: what fits in about a minute; svc 10000, "
-                   "random-forest 20000, gradient-boosting 10000, others all 60000)")
+                   "random subset (default: what fits in a minute or two; svc and "
+                   "gradient-boosting 10000, logreg and random-forest 20000, knn all 60000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", choices=["fashion-mnist", "any"], default="fashion-mnist")
     p.add_argument("--out", metavar="DIR", help="parent folder of the run folder (default runs/)")

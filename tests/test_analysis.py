@@ -1,0 +1,221 @@
+"""Plots, compare, baselines and the HTML report on tiny runs (and one headless-browser check)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_idx_set
+from PIL import Image
+
+import fashionlab
+from fashionlab import compare, plots, runs, stats
+from fashionlab.baselines import run_baseline
+from fashionlab.cli import main
+from fashionlab.errors import RunError
+
+CONFIG = {
+    "model": {"name": "tiny", "layers": [
+        {"type": "flatten"},
+        {"type": "dense", "units": 16, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]},
+    "data": {"dataset": "any", "val": "first:50"},
+    "train": {"epochs": 3, "batch_size": 32, "seed": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """Two seeds of one config, one other config and a logreg baseline, all on tiny data."""
+    root = tmp_path_factory.mktemp("analysis")
+    data_dir = write_idx_set(root / "data")
+    out = root / "runs"
+
+    def train(seed: int, units: int = 16) -> Path:
+        config = copy.deepcopy(CONFIG)
+        config["train"]["seed"] = seed
+        config["model"]["layers"][1]["units"] = units
+        return fashionlab.train(config, data_dir=str(data_dir), out=str(out), quiet=True)
+
+    return {"data": data_dir, "out": out, "seed1": train(1), "seed2": train(2),
+            "wide": train(1, units=32),
+            "logreg": run_baseline("logreg", 150, str(data_dir), out, dataset="any", quiet=True)}
+
+
+def test_overfitting_onset_rule():
+    def hist(val_loss, loss):
+        return [{"epoch": i + 1, "val_loss": v, "loss": t, "val_accuracy": 1 - v}
+                for i, (v, t) in enumerate(zip(val_loss, loss, strict=True))]
+
+    assert plots.overfitting_onset(hist([1.0, 0.8, 0.7, 0.75, 0.9], [1, .8, .6, .4, .2])) == 3
+    assert plots.overfitting_onset(hist([1.0, 0.8, 0.7, 0.6, 0.9], [1, .8, .6, .4, .2])) is None
+    assert plots.overfitting_onset(hist([1.0, 0.7, 0.8, 0.9], [1.0, 0.9, 1.1, 1.2])) is None
+    assert plots.overfitting_onset(hist([1.0, 0.8], [1.0, 0.5])) is None
+    assert plots.best_epoch(hist([1.0, 0.8, 0.7, 0.75, 0.9], [1, .8, .6, .4, .2])) == 3
+
+
+def test_plot_run_writes_decodable_figures(tiny):
+    done = fashionlab.load_run(tiny["seed1"]).plot()
+    folder = tiny["seed1"] / "plots"
+    stems = {"curves", "confusion_test", "confusion_train", "per_class", "samples", "mistakes"}
+    assert {p.stem for p in done.files} == stems and done.notes == []
+    for stem in stems:
+        assert (folder / f"{stem}.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+        with Image.open(folder / f"{stem}.png") as im:
+            im.load()
+            assert 400 <= im.width <= 2500 and 250 <= im.height <= 2500, (stem, im.size)
+            assert np.asarray(im.convert("L")).std() > 5  # not a blank page
+
+
+def test_plot_cli_on_baseline_skips_what_needs_weights(tiny, capsys):
+    assert main(["plot", str(tiny["logreg"])]) == 0
+    out, err = capsys.readouterr()
+    assert "confusion_test" in out and "curves skipped" in err and "train-set confusion" in err
+    assert (tiny["logreg"] / "plots" / "confusion_test.png").exists()
+    assert not (tiny["logreg"] / "plots" / "confusion_train.png").exists()
+
+
+def test_compare_pairs_and_seed_group(tiny, tmp_path):
+    c = fashionlab.compare([tiny["seed1"], tiny["seed2"], tiny["wide"], tiny["logreg"]])
+    assert len(c.pairs) == 6 and not c.unpaired
+    accs = []
+    for e in c.entries:
+        probs, labels = e.run.predictions()
+        correct = probs.argmax(1) == labels
+        accs.append(correct.mean())
+        assert e.accuracy == pytest.approx(e.run.metrics["test_accuracy"], abs=1e-6)
+        assert e.interval == stats.wilson_interval(int(correct.sum()), len(labels))
+    i, j, t = c.pairs[0]
+    assert (i, j) == (0, 1)
+    assert t == stats.mcnemar(c.entries[0].correct, c.entries[1].correct)
+    [(model, members, mean, std)] = c.groups  # only the two seeds of one config
+    assert members == [0, 1] and model == "tiny"
+    assert (mean, std) == pytest.approx((np.mean(accs[:2]), np.std(accs[:2], ddof=1)))
+    text = str(c)
+    assert "baseline-logreg" in text and "McNemar" in text and "over 2 seeds" in text
+    assert f"p = {t.p_value:<9.3g}" in text
+    assert compare.overlay(c, tmp_path / "curves.svg").stat().st_size > 1000
+
+
+def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["seed1"], broken)
+    runs.set_state(broken, "interrupted", "interrupted by the user")
+    assert main(["compare", str(tiny["seed1"]), str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "not finished" in err and len(err.strip().splitlines()) == 1
+
+
+def test_baseline_writes_an_ordinary_run(tiny):
+    run = runs.load_run(tiny["logreg"])
+    assert run.config["model"]["name"] == "baseline-logreg"
+    assert run.info["engine"] == "scikit-learn"
+    assert run.info["baseline"]["method"] == "logreg"
+    assert run.info["baseline"]["train_size"] == 150
+    m = run.metrics
+    assert m["params"] == 784 * 10 + 10 and m["epochs_run"] == 1
+    probs, labels = run.predictions()
+    assert probs.shape == (100, 10) and np.allclose(probs.sum(1), 1, atol=1e-2)
+    assert m["test_accuracy"] == pytest.approx((probs.argmax(1) == labels).mean(), abs=1e-6)
+    assert 0.9 <= m["test_accuracy"] <= 1.0  # the tiny classes are bars at distinct rows
+    with pytest.raises(RunError):
+        runs.load_run(tiny["out"] / "missing")
+
+
+def test_baseline_rejects_bad_train_size(tiny, capsys):
+    assert main(["baseline", "knn", "--train-size", "5000", "--dataset", "any",
+                 "--data-dir", str(tiny["data"]), "--out", str(tiny["out"])]) == 2
+    assert "--train-size must lie between 10 and 200" in capsys.readouterr().err
+
+
+def test_train_cli_plots_unless_told_not_to(tiny, tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(fashionlab.config.dumps({**CONFIG, "train": {"epochs": 1, "seed": 3}}))
+    args = ["train", str(spec), "--data-dir", str(tiny["data"]), "--out", str(tmp_path), "-q"]
+    assert main(args + ["--no-plots"]) == 0
+    assert main(args) == 0
+    first, second = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert not (first / "plots").exists()
+    assert (second / "plots" / "curves.png").exists()
+
+
+def test_numpy_engine_run_is_plotted_and_compared(tiny):
+    pytest.importorskip("fashionlab.numpy_engine")
+    config = copy.deepcopy(CONFIG)
+    config["train"]["engine"] = "numpy"
+    config["train"]["optimizer"] = "sgd"
+    path = fashionlab.train(config, data_dir=str(tiny["data"]), out=str(tiny["out"]), quiet=True)
+    assert {"curves", "confusion_test", "mistakes"} <= {
+        p.stem for p in plots.plot_run(path).files}
+    c = compare.compare([path, tiny["seed1"]])
+    assert c.entries[0].run.info["engine"] == "numpy" and len(c.pairs) == 1
+
+
+@pytest.fixture(scope="module")
+def report_html(tiny) -> Path:
+    out = tiny["out"].parent / "report.html"
+    assert main(["report", str(tiny["seed1"]), str(tiny["seed2"]), str(tiny["logreg"]),
+                 "-o", str(out), "--title", "Tiny study"]) == 0
+    return out
+
+
+def test_report_is_self_contained(tiny, report_html):
+    text = report_html.read_text()
+    assert len(re.findall(r"<img ", text)) >= 4
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == text.count("<img ")
+    assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing fetched from a network
+    for name in ("seed1", "logreg"):
+        command = runs.load_run(tiny[name]).info["command"]
+        assert f'<code class="cmd">{command}</code>' in text
+    assert "Tiny study" in text and "McNemar" in text and "95% interval" in text
+    assert text.count('<section class="run"') == 3
+
+
+CHECK = """<script>
+window.addEventListener("error", e => document.body.dataset.errors =
+  (document.body.dataset.errors || "") + e.message);
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  document.body.dataset.images = imgs.length;
+  document.body.dataset.decoded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+});
+</script>"""
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp()
+    try:
+        return subprocess.run(
+            [shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_chromium(report_html, tmp_path):
+    probe = tmp_path / "probe.html"
+    probe.write_text(report_html.read_text().replace("</body>", CHECK + "</body>"))
+    dom = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    assert dom.returncode == 0, dom.stderr[-500:]
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    images = int(re.search(r'data-images="(\d+)"', body).group(1))
+    assert images >= 4
+    assert f'data-decoded="{images}"' in body and "data-errors" not in body
+    shot = tmp_path / "report.png"
+    done = _chromium(f"--screenshot={shot}", "--window-size=1280,4000", report_html.as_uri())
+    assert done.returncode == 0, done.stderr[-500:]
+    with Image.open(shot) as im:
+        grey = np.asarray(im.convert("L"))
+    assert grey.shape == (4000, 1280)
+    assert grey.std() > 20 and (grey < 128).mean() > 0.01  # text and figures, not a blank page
