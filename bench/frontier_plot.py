@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in run.history:
             total += float(row["seconds"])
             minutes.append(total / 60)
-        name = run.info.get("name", Path(path).name)
+        name = (f"{run.info.get('name') or Path(path).name} seed {run.info.get('seed', '?')}, "
+                f"{len(run.history)} ep")
         val = [100 * float(row["val_accuracy"]) for row in run.history]
         (line,) = ax.plot(minutes, val, alpha=0.5, label=f"{name} (val, per epoch)")
         if run.metrics:

@@ -1,0 +1,43 @@
+"""Splice generated tables into README.md between `<!-- name:start -->` / `<!-- name:end -->`.
+
+    python docs/update_readme.py
+
+Each block is the verbatim output of a command (its file says which); no figure is typed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).parent
+README = DOCS.parent / "README.md"
+BLOCKS = {
+    "reproduction": sorted((DOCS / "reproduction").glob("*.md")),
+    "vs-keras": [DOCS / "bench" / "vs_keras.md"],
+    "frontier": [DOCS / "bench" / "frontier.md"],
+    "compare": [DOCS / "figures" / "compare.txt"],
+}
+
+
+def block(files: list[Path]) -> str:
+    parts = []
+    for f in files:
+        if not f.exists():
+            continue
+        text = f.read_text().strip()
+        text = re.sub(r"^#+ .*\n+", "", text) if f.suffix == ".md" else f"```\n{text}\n```"
+        parts.append(f"*From `docs/{f.relative_to(DOCS)}`:*\n\n{text}")
+    return "\n\n".join(parts) or "*(not generated yet)*"
+
+
+def main() -> None:
+    text = README.read_text()
+    for name, files in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda m, f=files: m.group(1) + block(f) + "\n" + m.group(2), text)
+    README.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
