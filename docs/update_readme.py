@@ -15,7 +15,6 @@ README = DOCS.parent / "README.md"
 BLOCKS = {
     "reproduction": sorted((DOCS / "reproduction").glob("*.md")),
     "vs-keras": [DOCS / "bench" / "vs_keras.md"],
-    "frontier": [DOCS / "bench" / "frontier.md"],
     "compare": [DOCS / "figures" / "compare.txt"],
 }
 

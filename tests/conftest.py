@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import struct
@@ -64,14 +65,27 @@ def tiny_data(tmp_path: Path) -> Path:
     return write_idx_set(tmp_path / "tiny")
 
 
+TINY_CONFIG = {
+    "model": {"name": "tiny", "layers": [
+        {"type": "flatten"},
+        {"type": "dense", "units": 16, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]},
+    "data": {"dataset": "any", "val": "first:50"},
+    "train": {"epochs": 2, "batch_size": 32, "seed": 1},
+}
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     """A small FC config that trains on tiny_data in well under a second."""
-    return {
-        "model": {"name": "tiny", "layers": [
-            {"type": "flatten"},
-            {"type": "dense", "units": 16, "activation": "relu"},
-            {"type": "dense", "units": 10, "activation": "softmax"}]},
-        "data": {"dataset": "any", "val": "first:50"},
-        "train": {"epochs": 2, "batch_size": 32, "seed": 1},
-    }
+    return copy.deepcopy(TINY_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished 1-epoch tiny run, shared by the tests of a module that only read it."""
+    from fashionlab.train import train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    return train(TINY_CONFIG, flags={"train.epochs": 1}, data_dir=str(write_idx_set(root / "d")),
+                 out=str(root / "runs"), quiet=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_idx_set
+from conftest import TINY_CONFIG, write_idx_set
 from PIL import Image
 
 import fashionlab
@@ -20,14 +20,7 @@ from fashionlab.baselines import run_baseline
 from fashionlab.cli import main
 from fashionlab.errors import RunError
 
-CONFIG = {
-    "model": {"name": "tiny", "layers": [
-        {"type": "flatten"},
-        {"type": "dense", "units": 16, "activation": "relu"},
-        {"type": "dense", "units": 10, "activation": "softmax"}]},
-    "data": {"dataset": "any", "val": "first:50"},
-    "train": {"epochs": 3, "batch_size": 32, "seed": 1},
-}
+CONFIG = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 3}}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import needs_real_data, write_idx_set
+from conftest import needs_real_data
 from PIL import Image
 
 from fashionlab import data, photos
@@ -121,17 +121,6 @@ def test_bad_images_are_refused(monkeypatch):
     monkeypatch.setattr(photos, "MAX_BYTES", 100)
     with pytest.raises(UserError, match="byte limit"):
         photos.from_bytes(encode(rectangle()), "big.png")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict")
-    config = {"model": {"name": "tiny", "layers": [
-        {"type": "flatten"}, {"type": "dense", "units": 16, "activation": "relu"},
-        {"type": "dense", "units": 10, "activation": "softmax"}]},
-        "data": {"dataset": "any", "val": "first:50"}, "train": {"epochs": 1, "seed": 1}}
-    return train(config, data_dir=str(write_idx_set(root / "data")), out=str(root / "runs"),
-                       quiet=True)
 
 
 def test_predict_folder_skips_bad_files(tiny_run, tmp_path, capsys):

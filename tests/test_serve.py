@@ -14,12 +14,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import write_idx_set
 from PIL import Image
 
 from fashionlab.inference import load_trained
 from fashionlab.serve import create_app
-from fashionlab.train import train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -27,15 +25,8 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    config = {"model": {"name": "tiny", "layers": [
-        {"type": "flatten"}, {"type": "dense", "units": 16, "activation": "relu"},
-        {"type": "dense", "units": 10, "activation": "softmax"}]},
-        "data": {"dataset": "any", "val": "first:50"}, "train": {"epochs": 1, "seed": 1}}
-    run = train(config, data_dir=str(write_idx_set(root / "data")), out=str(root / "runs"),
-                quiet=True)
-    return load_trained(run)
+def trained(tiny_run):
+    return load_trained(tiny_run)
 
 
 @pytest.fixture(scope="module")
