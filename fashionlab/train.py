@@ -267,6 +267,7 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
     smoothing = train_cfg["label_smoothing"]
     show = not quiet and sys.stderr.isatty()
 
+    augmenting = augment.enabled(aug)
     for epoch in range(loop.epoch + 1, train_cfg["epochs"] + 1):
         start = time.perf_counter()
         module.train()
@@ -281,7 +282,7 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
             idx = perm[step * batch:(step + 1) * batch][rank::world]
             x = t.x_train[idx].float()
             y = t.y_train[idx]
-            if augment.enabled(aug):
+            if augmenting:
                 x = augment.apply(x, aug, aug_gen)
             x = as_input(x, config, channels_last)
             with hardware.autocast(dev, precision):

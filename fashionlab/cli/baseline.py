@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fashionlab.cli import add_data_dir
+from fashionlab.cli.plot import after_run
 
 METHODS = ["logreg", "svc", "random-forest", "knn", "gradient-boosting"]
 
@@ -36,9 +37,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"run: {path}")
     print(f"test accuracy: {m['test_accuracy']:.4f}  test log loss: {m['test_loss']:.4f}  "
           f"fit: {m['train_seconds']:.1f} s on {m['train_size']:,} images")
-    if not args.no_plots:
-        from fashionlab.cli.plot import report
-        from fashionlab.plots import plot_run
-
-        report(plot_run(path, data_dir=args.data_dir))
+    after_run(path, args)
     return 0

@@ -25,6 +25,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def after_run(run, args: argparse.Namespace) -> None:
+    """`train` and `baseline` draw a new run's figures unless --no-plots."""
+    if args.no_plots:
+        return
+    from fashionlab.plots import plot_run
+
+    report(plot_run(run, data_dir=args.data_dir))
+
+
 def report(done) -> None:
     """Shared with `train` and `baseline`: where the figures went and what was skipped."""
     import sys

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from fashionlab.cli import add_data_dir
+from fashionlab.cli.plot import after_run
 
 FLAGS = {  # option -> config key
     "epochs": "train.epochs", "batch_size": "train.batch_size", "optimizer": "train.optimizer",
@@ -77,11 +78,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"run: {path}")
     print(f"test accuracy: {m['test_accuracy']:.4f}  test loss: {m['test_loss']:.4f}  "
           f"epochs: {m['epochs_run']}  {m['seconds_per_epoch']:.1f} s/epoch")
-    if not args.no_plots:
-        from fashionlab.cli.plot import report
-        from fashionlab.plots import plot_run
-
-        report(plot_run(run, data_dir=args.data_dir))
+    after_run(run, args)
     return 0
 
 
