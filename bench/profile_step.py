@@ -40,10 +40,10 @@ def make_step(config: dict, channels_last: bool, compiled: bool = False, make_op
         i = state["i"] = (state["i"] + 1) % 8
         x = as_input(images[i * batch:(i + 1) * batch].float(), config, channels_last)
         loss = F.cross_entropy(fwd(x), labels[i * batch:(i + 1) * batch])
-        if net.penalties:
-            loss = loss + models.penalty(net)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if net.penalties:
+            models.add_penalty_grads(net)
         opt.step()
 
     return step

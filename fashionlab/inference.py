@@ -27,6 +27,7 @@ class Trained:
     run: runs.Run
     device: torch.device
     precision: str
+    channels_last: bool = False
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -36,7 +37,8 @@ class Trained:
     def logits(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28) in 0..255 -> float32 logits (N, 10) on the CPU."""
         x = torch.as_tensor(images)
-        return logits(self.net.module, x, self.config, self.device, self.precision).cpu()
+        return logits(self.net.module, x, self.config, self.device, self.precision,
+                      self.channels_last).cpu()
 
     def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         return models.probabilities(self.logits(images)).numpy()
@@ -101,5 +103,9 @@ def load_trained(path: str | Path, precision: str = "auto") -> Trained:
     net = models.build(config["model"]["layers"])
     load_weights(net.module, run.weights(), str(run.path / "model.safetensors"))
     device = hardware.device()
+    channels_last = hardware.use_channels_last(config["train"]["channels_last"], net.is_conv)
     net.module.to(device).eval()
-    return Trained(net, config, run, device, hardware.resolve_precision(precision, device))
+    if channels_last:
+        net.module.to(memory_format=torch.channels_last)
+    return Trained(net, config, run, device, hardware.resolve_precision(precision, device),
+                   channels_last)

@@ -321,6 +321,29 @@ def penalty(net: Net) -> torch.Tensor | float:
 
 
 @torch.no_grad()
+def add_penalty_grads(net: Net) -> torch.Tensor:
+    """The penalty's gradient added straight to each kernel's .grad, and its value for the log.
+
+    The same numbers as backpropagating through penalty() (d|w| = sign w, d w^2 = 2w), without
+    the autograd graph, which cost a third of a small FC net's step; the value comes from two
+    dot products (|w| = w . sign w), cheaper than norms. Call after backward().
+    """
+    total = torch.zeros((), device=net.penalties[0][0].device)
+    for weight, l1, l2 in net.penalties:
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        flat = weight.reshape(-1)
+        if l1:
+            sign = weight.sign()
+            weight.grad.add_(sign, alpha=l1)
+            total.add_(torch.dot(flat, sign.reshape(-1)), alpha=l1)
+        if l2:
+            weight.grad.add_(weight, alpha=2 * l2)
+            total.add_(torch.dot(flat, flat), alpha=l2)
+    return total
+
+
+@torch.no_grad()
 def apply_constraints(net: Net) -> None:
     """Keras applies kernel constraints after each optimizer step."""
     for weight, kind, dim in net.constraints:

@@ -288,17 +288,17 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
             with hardware.autocast(dev, precision):
                 z = model(x)
             loss = F.cross_entropy(z.float(), y, label_smoothing=smoothing)
-            if penalties:
-                loss = loss + models.penalty(net)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if penalties:
+                loss = loss.detach() + models.add_penalty_grads(net)
             opt.step()
             schedule.step()
             if constraints:
                 models.apply_constraints(net)
             if ema:
                 ema.update()
-            loss_sum += loss.detach() * len(y)
+            loss_sum.add_(loss.detach(), alpha=len(y))
             correct += (z.detach().argmax(1) == y).sum()
             if step % CHECK_EVERY == CHECK_EVERY - 1 and not distributed.finite(loss_sum):
                 _diverged(epoch, step, loss_sum, opt, run_dir)

@@ -121,6 +121,23 @@ def test_penalty_matches_keras_formula():
     assert torch.allclose(models.penalty(net), expected)
 
 
+def test_penalty_grads_equal_autograd_through_penalty():
+    torch.manual_seed(0)
+    net = models.build([{"type": "flatten"},
+                        {"type": "dense", "units": 6, "l1": 0.01, "l2": 0.001},
+                        {"type": "dense", "units": 10, "l2": 0.5}])
+    net.module[1][0].weight.data[0, :3] = 0.0  # sign(0) = 0, as autograd's abs backward
+    x = torch.randn(5, 28, 28)
+    loss = net.module(x).square().mean()
+    ref = torch.autograd.grad(loss + models.penalty(net), [w for w, _, _ in net.penalties],
+                              retain_graph=True)
+    loss.backward()
+    value = models.add_penalty_grads(net)
+    assert torch.allclose(value, models.penalty(net))
+    for (w, _, _), g in zip(net.penalties, ref, strict=True):
+        assert torch.allclose(w.grad, g, atol=1e-7)
+
+
 def test_unit_norm_constraint_axes():
     net = models.build([{"type": "conv2d", "filters": 4, "kernel": 3,
                          "kernel_constraint": "unit_norm"},
