@@ -224,9 +224,12 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
         c, h, w = shape
         _check_size((kh * kw * c + 1) * filters, where)
         modules: list[nn.Module] = []
+        padding = (0, 0)
         if p["padding"] == "same":
             (t, b), (lf, r) = _same_pad(h, kh, sh), _same_pad(w, kw, sw)
-            if t or b or lf or r:
+            if (t, lf) == (b, r):  # the convolution pads inside its kernel: no extra copy
+                padding = (t, lf)
+            else:
                 modules.append(nn.ZeroPad2d((lf, r, t, b)))
             h, w = h + t + b, w + lf + r
         elif p["padding"] != "valid":
@@ -235,7 +238,7 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
             raise SpecError(f"{where}: kernel {kh}x{kw} does not fit the {h}x{w} input; "
                             "use padding = \"same\" or fewer pooling layers before it")
         out = (filters, (h - kh) // sh + 1, (w - kw) // sw + 1)
-        layer = nn.Conv2d(c, filters, (kh, kw), (sh, sw), bias=p["use_bias"])
+        layer = nn.Conv2d(c, filters, (kh, kw), (sh, sw), padding, bias=p["use_bias"])
         modules += _kernel_layer(p, layer, net, where, last)
         return modules, out, 2 * kh * kw * c * filters * out[1] * out[2]
     if kind in ("maxpool", "avgpool"):

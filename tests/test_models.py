@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from fashionlab import models
 from fashionlab.errors import SpecError
@@ -153,3 +154,22 @@ def test_unit_norm_constraint_axes():
 def test_summary_lists_layers_and_total():
     text = models.summary(models.build([{"type": "flatten"}, *HEAD[1:]]))
     assert "0: flatten" in text and "(None, 784)" in text and "Total params: 7,850" in text
+
+
+@pytest.mark.parametrize("kernel,strides,separate_pad", [(3, 1, False), (5, 1, False),
+                                                         (2, 1, True), (3, 2, True)])
+def test_same_padding_equals_tensorflow_zero_padding(kernel, strides, separate_pad):
+    """Symmetric 'same' padding runs inside the convolution (a separate pad cost a copy per
+    step); asymmetric padding, as TensorFlow puts the extra pixel at the end, keeps the pad."""
+    torch.manual_seed(0)
+    net = models.build([{"type": "conv2d", "filters": 4, "kernel": kernel, "strides": strides,
+                         "padding": "same"}, *HEAD])
+    block = net.module[0]
+    assert any(isinstance(m, torch.nn.ZeroPad2d) for m in block) == separate_pad
+    conv = next(m for m in block if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(2, 1, 28, 28)
+    total = max((-(-28 // strides) - 1) * strides + kernel - 28, 0)
+    padded = F.pad(x, (total // 2, total - total // 2) * 2)
+    expected = F.conv2d(padded, conv.weight, conv.bias, strides)
+    assert expected.shape[-1] == -(-28 // strides)
+    assert torch.allclose(block(x), expected, atol=1e-6)
