@@ -1,7 +1,8 @@
-"""A/B timings behind two defaults: glibc's allocator thresholds, and fused optimizers.
+"""A/B timings behind defaults: glibc's allocator thresholds, fused optimizers, penalties.
 
     nice .venv/bin/python bench/ab.py alloc weil-cnn duan-lenet5
     nice .venv/bin/python bench/ab.py optimizer weil-fc
+    nice .venv/bin/python bench/ab.py penalty duan-fc korssjoen-fc
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread.
@@ -54,9 +55,19 @@ def optimizer_variants(config: dict) -> dict:
         ("fused", {"fused": True}))}
 
 
+def penalty_variants(config: dict) -> dict:
+    """Kernel penalties through autograd vs their gradient added directly, vs none at all."""
+    return {name: make_step(config, False, penalty=name)
+            for name in ("autograd", "direct", "none")}
+
+
+VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
+            "penalty": penalty_variants}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["alloc", "optimizer"])
+    p.add_argument("what", choices=list(VARIANTS))
     p.add_argument("recipes", nargs="+")
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--rounds", type=int, default=5)
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU: {hardware.cpu_description()}", flush=True)
     for name in args.recipes:
         config = cfg.resolve(name)
-        variants = (alloc_variants if args.what == "alloc" else optimizer_variants)(config)
+        variants = VARIANTS[args.what](config)
         times: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.rounds):
             for key, step in variants.items():

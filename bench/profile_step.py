@@ -22,8 +22,12 @@ from fashionlab import hardware, models, optim
 from fashionlab.inference import as_input
 
 
-def make_step(config: dict, channels_last: bool, compiled: bool = False, make_optimizer=None):
-    """One training step as a closure; make_optimizer(params, train) replaces fashionlab's."""
+def make_step(config: dict, channels_last: bool, compiled: bool = False, make_optimizer=None,
+              penalty: str = "direct"):
+    """One training step as a closure; make_optimizer(params, train) replaces fashionlab's.
+
+    penalty: how kernel penalties enter, "direct" (fashionlab's), "autograd" or "none".
+    """
     torch.manual_seed(0)
     net = models.build(config["model"]["layers"])
     module = net.module
@@ -40,9 +44,11 @@ def make_step(config: dict, channels_last: bool, compiled: bool = False, make_op
         i = state["i"] = (state["i"] + 1) % 8
         x = as_input(images[i * batch:(i + 1) * batch].float(), config, channels_last)
         loss = F.cross_entropy(fwd(x), labels[i * batch:(i + 1) * batch])
+        if net.penalties and penalty == "autograd":
+            loss = loss + models.penalty(net)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if net.penalties:
+        if net.penalties and penalty == "direct":
             models.add_penalty_grads(net)
         opt.step()
 
