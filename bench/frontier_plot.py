@@ -10,6 +10,7 @@ recipes were chosen on. Minutes are the loop's own (train + validation), without
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -35,19 +36,22 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as e:  # a folder that is not a run: say so and go on
             print(f"skipping {path}: {e}", file=sys.stderr)
             continue
-        cpu = cpu or run.info.get("cpu")
+        run_cpu = run.info.get("cpu") or ""
+        threads = re.search(r"\d+ threads?", run_cpu)
+        cpu = cpu or re.sub(r", \d+ threads?", "", run_cpu)
         minutes, total = [], 0.0
         for row in run.history:
             total += float(row["seconds"])
             minutes.append(total / 60)
         name = (f"{run.info.get('name') or Path(path).name} seed {run.info.get('seed', '?')}, "
-                f"{len(run.history)} ep")
+                f"{len(run.history)} ep, {threads.group(0) if threads else '?'}, "
+                f"{run.info.get('params', 0):,} params")
         val = [100 * float(row["val_accuracy"]) for row in run.history]
         (line,) = ax.plot(minutes, val, alpha=0.5, label=f"{name} (val, per epoch)")
         if run.metrics:
             acc = 100 * run.metrics["test_accuracy"]
             ax.scatter([minutes[-1]], [acc], color=line.get_color(), zorder=3)
-            ax.annotate(f"{name} test {acc:.2f}%", (minutes[-1], acc), fontsize=8,
+            ax.annotate(f"test {acc:.2f}%", (minutes[-1], acc), fontsize=8,
                         xytext=(4, -10), textcoords="offset points")
     ax.axhline(94, color="grey", lw=0.8, ls="--")
     ax.axhline(95, color="grey", lw=0.8, ls=":")

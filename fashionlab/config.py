@@ -63,7 +63,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "precision": "auto",             # auto | fp32 | bf16 (auto: bf16 where it is fast)
         "channels_last": "auto",         # auto | on | off, for conv nets
         "tta_flip": False,               # evaluate on image + mirror image, averaged
-        "eval_batch_size": 1000,
+        "eval_batch_size": 256,          # activations of 256 images stay in kept heap blocks
     },
     "augment": {
         "flip": 0.0,                     # probability of a horizontal flip (report 004)
