@@ -129,16 +129,14 @@ def keep_freed_memory() -> bool:
 
 def configure_threads() -> None:
     """Set the intra-op thread count (thread_count), unless the user set OMP_NUM_THREADS;
-    keep freed memory (keep_freed_memory); flush denormals; allow TF32 on CUDA.
+    keep freed memory (keep_freed_memory); allow TF32 on CUDA.
 
-    Denormal floats (below 1e-38) take a slow microcode path on x86; flushing them to zero,
-    as TensorFlow does, made a weil-cnn epoch 9.6 -> 8.7 s with the same test accuracy
-    (docs/speed.md). Their values are far below anything a float32 loss can resolve.
+    Denormals are not flushed: that is process-wide state that would change every float
+    computation of the caller too (docs/speed.md).
     """
     import torch
 
     keep_freed_memory()
-    torch.set_flush_denormal(True)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(thread_count())
     if torch.cuda.is_available():
