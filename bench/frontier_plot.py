@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{len(run.history)} ep, {threads.group(0) if threads else '?'}, "
                 f"{run.info.get('params', 0):,} params")
         val = [100 * float(row["val_accuracy"]) for row in run.history]
-        (line,) = ax.plot(minutes, val, alpha=0.5, label=f"{name} (val, per epoch)")
+        has_val = any(v == v for v in val)  # a run on all training images has no val curve
+        (line,) = ax.plot(minutes, val, alpha=0.5,
+                          label=f"{name} (val, per epoch)" if has_val else f"{name} (no val split)")
         if run.metrics:
             acc = 100 * run.metrics["test_accuracy"]
             ax.scatter([minutes[-1]], [acc], color=line.get_color(), zorder=3)

@@ -161,9 +161,12 @@ def read_source(source: str) -> tuple[dict, str]:
     path = Path(source)
     if path.suffix == ".toml" or path.exists():
         try:
-            return parse_toml(path.read_text(), str(path)), str(path)
+            doc = parse_toml(path.read_text(), str(path))
         except OSError as e:
             raise SpecError(f"cannot read {path}: {e.strerror}") from None
+        model = doc.setdefault("model", {})
+        model["name"] = model.get("name") or path.stem  # names the run folder
+        return doc, str(path)
     names = recipe_names()
     if source not in names:
         raise SpecError(f"no recipe or file named {source!r}{_suggest(source, names)}; "

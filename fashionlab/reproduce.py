@@ -5,7 +5,8 @@
 A report's recipes are those whose [recipe] report field names it (or starts with the given
 author prefix), so a recipe file dropped into fashionlab/recipes/ joins `reproduce all` with no
 list to update. The table is rewritten after every finished recipe, so stopping a long
-reproduction keeps the rows already measured (and every run folder).
+reproduction keeps the rows already measured (and every run folder); with `resume`, running
+the same command again reuses the finished runs and resumes the interrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import fnmatch
 import math
 import os
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +100,29 @@ def _cost(name: str, overrides: list[str], max_epochs: int | None) -> int:
     return models.build(config["model"]["layers"]).flops * epochs
 
 
+RESUMABLE = ("finished", "interrupted", "running")  # not diverged or failed: those would again
+
+
+def earlier_run(parent: Path, config: dict) -> Path | None:
+    """A run folder under `parent` of exactly this config (same digest, so same seed and
+    epochs): the finished one if any, else the latest unfinished one that can go on."""
+    found = []
+    for path in sorted(parent.glob(f"*-{config['model']['name']}*")):
+        try:
+            info = runs.read_info(path)
+        except UserError:
+            continue
+        if (info.get("name") == config["model"]["name"] and info.get("state") in RESUMABLE
+                and info.get("config_digest") == cfg.digest(config)):
+            found.append((info["state"] == "finished", path.name, path))
+    return max(found)[2] if found else None
+
+
 def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
                overrides: list[str] = (), out: str | None = None,
-               data_dir: str | None = None, quiet: bool = False) -> Row:
-    """Train one recipe `seeds` times (seeds recipe seed, +1, ...) and collect its figures."""
+               data_dir: str | None = None, quiet: bool = False, resume: bool = False) -> Row:
+    """Train one recipe `seeds` times (seeds recipe seed, +1, ...) and collect its figures;
+    with `resume`, a run of the same config already in `out` is reused or resumed instead."""
     from fashionlab.train import train
 
     config = cfg.resolve(name, overrides=overrides)
@@ -111,9 +132,16 @@ def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
               config["recipe"]["claimed_val_accuracy"], epochs, full)
     for i in range(seeds):
         last = [f"train.epochs={epochs}", f"train.seed={config['train']['seed'] + i}"]
+        earlier = resume and earlier_run(runs.parent(out),
+                                         cfg.resolve(name, overrides=[*overrides, *last]))
+        if earlier and not quiet:
+            print(f"{name}: going on from {earlier}", file=sys.stderr)
         try:
-            path = train(name, overrides=[*overrides, *last], data_dir=data_dir, out=out,
-                         quiet=quiet)
+            if earlier:
+                path = train(name, resume=earlier, data_dir=data_dir, quiet=quiet)
+            else:
+                path = train(name, overrides=[*overrides, *last], data_dir=data_dir, out=out,
+                             quiet=quiet)
         except DivergedError as e:
             row.failed = str(e)
             break
@@ -127,8 +155,8 @@ def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
 
 def reproduce(report: str = "all", seeds: int = 1, max_epochs: int | None = None,
               overrides: list[str] = (), out: str | None = None, data_dir: str | None = None,
-              quiet: bool = False, on_row: Callable[[list[Row]], None] | None = None
-              ) -> list[Row]:
+              quiet: bool = False, on_row: Callable[[list[Row]], None] | None = None,
+              resume: bool = False) -> list[Row]:
     """Run every recipe of `report`, cheapest first; `on_row(rows so far)` follows each."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -137,7 +165,8 @@ def reproduce(report: str = "all", seeds: int = 1, max_epochs: int | None = None
     names = sorted(select(report), key=lambda name: _cost(name, overrides, max_epochs))
     rows: list[Row] = []
     for name in names:
-        rows.append(run_recipe(name, seeds, max_epochs, overrides, out, data_dir, quiet))
+        rows.append(run_recipe(name, seeds, max_epochs, overrides, out, data_dir, quiet,
+                               resume))
         if on_row:
             on_row(rows)
     return rows
@@ -193,8 +222,7 @@ def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: str | Path, rows: list[Row], title: str, command: str,
-                   seeds: int = 1) -> None:
+def write_markdown(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_text(path, markdown(rows, title, command, seeds))
+    runs.write_text(path, text)

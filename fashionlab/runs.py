@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -171,10 +172,11 @@ def record_end(path: Path, error: BaseException) -> None:
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
-    """The one line both engines print as an epoch ends."""
+    """The one line both engines print as an epoch ends (no val figures without a val split)."""
+    val = ("" if math.isnan(row["val_loss"]) else
+           f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}")
     return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}"
-            f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
-            f"  {row['seconds']:.1f}s")
+            f"{val}  {row['seconds']:.1f}s")
 
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:

@@ -25,6 +25,15 @@ def test_recipe_by_name_and_name_default():
     assert "quick-fc" in config.recipe_names()
 
 
+def test_spec_file_named_after_its_stem(tmp_path, tiny_config):
+    unnamed = {**tiny_config, "model": {**tiny_config["model"], "name": ""}}
+    (tmp_path / "c11.toml").write_text(config.dumps(unnamed))
+    assert config.resolve(str(tmp_path / "c11.toml"))["model"]["name"] == "c11"
+    named = {**tiny_config, "model": {**tiny_config["model"], "name": "mine"}}
+    (tmp_path / "c12.toml").write_text(config.dumps(named))
+    assert config.resolve(str(tmp_path / "c12.toml"))["model"]["name"] == "mine"
+
+
 def test_dumps_roundtrip(tiny_config):
     resolved = config.resolve(tiny_config)
     again = config.resolve(config.parse_toml(config.dumps(resolved), "x"))

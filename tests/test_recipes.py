@@ -151,3 +151,35 @@ def test_reproduce_rejects_bad_counts() -> None:
         reproduce.reproduce("weil", seeds=0)
     with pytest.raises(UserError, match="--max-epochs"):
         reproduce.reproduce("weil", max_epochs=0)
+
+
+def test_reproduce_resume_goes_on_from_a_stopped_run(tiny_data: Path, tmp_path: Path) -> None:
+    import signal
+
+    from fashionlab import signals
+    from fashionlab.train import train
+
+    options = ["data.dataset=any", "data.val=first:50"]
+    out = tmp_path / "runs"
+    kw = {"out": str(out), "data_dir": str(tiny_data), "quiet": True}
+
+    def stop_after_first_epoch(run_dir: Path, epoch: int, row: dict) -> None:
+        raise signals.Interrupted(signal.SIGINT, "stopped by the test")
+
+    with pytest.raises(KeyboardInterrupt):
+        train("weil-fc", overrides=[*options, "train.epochs=2", "train.seed=0"],
+              hooks=[stop_after_first_epoch], **kw)
+    (stopped,) = out.iterdir()
+    assert runs.read_info(stopped)["state"] == "interrupted"
+
+    row = reproduce.run_recipe("weil-fc", max_epochs=2, overrides=options, resume=True, **kw)
+    assert row.runs == [stopped] and list(out.iterdir()) == [stopped]
+    assert len(runs.load_run(stopped).history) == 2  # epoch 1 kept, epoch 2 trained on top
+
+    again = reproduce.run_recipe("weil-fc", max_epochs=2, overrides=options, resume=True, **kw)
+    assert again.runs == [stopped] and again.test == row.test  # finished: reused as it is
+    other_seed = reproduce.run_recipe("weil-fc", max_epochs=2, overrides=[*options,
+                                      "train.seed=5"], resume=True, **kw)
+    assert other_seed.runs[0] != stopped  # a different config is never picked up
+    fresh = reproduce.run_recipe("weil-fc", max_epochs=2, overrides=options, **kw)
+    assert fresh.runs[0] not in (stopped, other_seed.runs[0])  # without resume: a new run

@@ -153,3 +153,12 @@ def test_one_epoch_on_real_data(tmp_path):
     assert run.info["data"]["verified"] is True
     assert run.metrics["test_accuracy"] > 0.80
     assert len(run.predictions()[1]) == 10000
+
+
+def test_epoch_line_shows_val_only_when_there_is_a_split():
+    row = {"epoch": 2, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75,
+           "seconds": 1.25}
+    assert runs.epoch_line(row, 3) == ("epoch 2/3  loss 0.5000  acc 0.8000  val_loss 0.6000"
+                                       "  val_acc 0.7500  1.2s")
+    no_val = {**row, "val_loss": math.nan, "val_accuracy": math.nan}
+    assert runs.epoch_line(no_val, 3) == "epoch 2/3  loss 0.5000  acc 0.8000  1.2s"

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="parent folder of the run folders (default runs/)")
     p.add_argument("-o", "--output", metavar="FILE.md",
                    help="also write the table here, rewritten after each recipe")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse finished runs of the same config in --out and resume an "
+                   "interrupted one (after a kill or Ctrl-C), instead of starting afresh")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines")
     add_data_dir(p)
     p.set_defaults(func=run)
@@ -36,13 +39,18 @@ def run(args: argparse.Namespace) -> int:
     command = "fashionlab " + shlex.join(argv(args))
     title = f"Reproduction: {args.report}"
 
-    def save(rows: list) -> None:
+    def save(rows: list) -> None:  # rewritten after each recipe: a stop keeps the rows so far
         if args.output:
-            reproduce.write_markdown(args.output, rows, title, command, args.seeds)
+            reproduce.write_markdown(args.output, reproduce.markdown(rows, title, command,
+                                                                     args.seeds))
 
     rows = reproduce.reproduce(args.report, args.seeds, args.max_epochs, args.overrides,
-                               args.out, args.data_dir, args.quiet, on_row=save)
-    print(reproduce.markdown(rows, title, command, args.seeds), end="")
+                               args.out, args.data_dir, args.quiet, on_row=save,
+                               resume=args.resume)
+    text = reproduce.markdown(rows, title, command, args.seeds)  # once: it reads the load
+    if args.output:
+        reproduce.write_markdown(args.output, text)  # the file is exactly what is printed
+    print(text, end="")
     return 0
 
 
