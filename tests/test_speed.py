@@ -83,11 +83,23 @@ def test_channels_last_predicts_the_same(recipe):
 
 
 @pytest.mark.parametrize("recipe", ["fast", "best"])
-def test_frontier_recipes_resolve_and_select_on_validation(recipe):
+def test_frontier_recipes_resolve(recipe):
     config = cfg.resolve(recipe)
     net = models.build(config["model"]["layers"])
-    assert config["data"]["val"] == "first:5000" and net.is_conv
-    assert net.flops > 1e6 and net.params > 10_000
+    assert net.is_conv and net.flops > 1e6 and net.params > 10_000
+
+
+def test_fast_final_fit_keeps_the_validated_schedule():
+    """fast was chosen holding out 5000 images for 12 epochs, then fits all 60000: for the
+    same one-cycle schedule its total optimizer steps must match the validated run's."""
+    import math
+
+    fast = cfg.resolve("fast")
+    batch = fast["train"]["batch_size"]
+    steps = fast["train"]["epochs"] * math.ceil(60_000 / batch)
+    validated = 12 * math.ceil(55_000 / batch)  # bench/frontier/c11.toml's run
+    assert fast["data"]["val"] == "none" and abs(steps - validated) <= 1
+    assert cfg.resolve("best")["data"]["val"] == "first:5000"  # best is still being chosen
 
 
 def _load(name: str):
