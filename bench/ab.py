@@ -1,8 +1,9 @@
-"""A/B timings behind defaults: glibc's allocator thresholds, fused optimizers, penalties.
+"""A/B timings behind defaults: allocator thresholds, fused optimizers, penalties, ReLU.
 
     nice .venv/bin/python bench/ab.py alloc weil-cnn duan-lenet5
     nice .venv/bin/python bench/ab.py optimizer weil-fc
     nice .venv/bin/python bench/ab.py penalty duan-fc korssjoen-fc
+    nice .venv/bin/python bench/ab.py relu weil-cnn fast
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread.
@@ -61,8 +62,18 @@ def penalty_variants(config: dict) -> dict:
             for name in ("autograd", "direct", "none")}
 
 
+def relu_variants(config: dict) -> dict:
+    """ReLU writing a new tensor vs overwriting its input (models.build's choice where safe),
+    channels-last, with the allocator settings training uses."""
+    from fashionlab import hardware
+
+    hardware.keep_freed_memory()
+    return {name: make_step(config, True, relu_in_place=flag)
+            for name, flag in (("new-tensor", False), ("in-place", True))}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
-            "penalty": penalty_variants}
+            "penalty": penalty_variants, "relu": relu_variants}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,14 +23,18 @@ from fashionlab.inference import as_input
 
 
 def make_step(config: dict, channels_last: bool, compiled: bool = False, make_optimizer=None,
-              penalty: str = "direct"):
+              penalty: str = "direct", relu_in_place: bool = True):
     """One training step as a closure; make_optimizer(params, train) replaces fashionlab's.
 
     penalty: how kernel penalties enter, "direct" (fashionlab's), "autograd" or "none".
+    relu_in_place=False undoes models.build's in-place ReLUs.
     """
     torch.manual_seed(0)
     net = models.build(config["model"]["layers"])
     module = net.module
+    for m in module.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = m.inplace and relu_in_place
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     opt = (make_optimizer or optim.make_optimizer)(module.parameters(), config["train"])

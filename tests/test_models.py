@@ -173,3 +173,31 @@ def test_same_padding_equals_tensorflow_zero_padding(kernel, strides, separate_p
     expected = F.conv2d(padded, conv.weight, conv.bias, strides)
     assert expected.shape[-1] == -(-28 // strides)
     assert torch.allclose(block(x), expected, atol=1e-6)
+
+
+def test_relu_in_place_only_where_safe_and_same_gradients():
+    layers = [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "activation": "relu"},
+        {"type": "maxpool"},
+        {"type": "relu"},
+        {"type": "flatten"},
+        {"type": "relu"},
+        {"type": "dense", "units": 16, "activation": "tanh"},
+        {"type": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    torch.manual_seed(0)
+    net = models.build(layers)
+    relus = [m for m in net.module.modules() if isinstance(m, torch.nn.ReLU)]
+    assert [r.inplace for r in relus] == [True, True, False, False]  # conv, pool | flatten, tanh
+    x = torch.randn(8, 1, 28, 28)
+    y = torch.randint(0, 10, (8,))
+    grads = []
+    for inplace in (True, False):
+        for r in relus:
+            r.inplace = inplace and r.inplace
+        net.module.zero_grad()
+        torch.nn.functional.cross_entropy(net.module(x), y).backward()
+        grads.append([p.grad.clone() for p in net.module.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
