@@ -310,7 +310,7 @@ OUTPUT_NOT_SAVED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Max
 
 def _relu_in_place(module: nn.Sequential) -> None:
     """ReLU in place where that is safe: one activation-sized buffer less to allocate and
-    write per layer (`bench/ab.py relu weil-cnn`, 1 thread: 4-7% off a weil-cnn step; AMD
+    write per layer (`bench/ab.py relu weil-cnn`, 1 thread: 4-5% off a weil-cnn step; AMD
     EPYC AVX2, docs/speed.md). Never after a view (flatten) or an op that saves its output
     (tanh, sigmoid), where autograd would need the overwritten values."""
     flat = [m for block in module for m in block]
