@@ -120,9 +120,11 @@ def earlier_run(parent: Path, config: dict) -> Path | None:
 
 def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
                overrides: list[str] = (), out: str | None = None,
-               data_dir: str | None = None, quiet: bool = False, resume: bool = False) -> Row:
+               data_dir: str | None = None, quiet: bool = False, resume: bool = False,
+               force: bool = False) -> Row:
     """Train one recipe `seeds` times (seeds recipe seed, +1, ...) and collect its figures;
-    with `resume`, a run of the same config already in `out` is reused or resumed instead."""
+    with `resume`, a run of the same config already in `out` is reused or resumed instead
+    (`force`: even if the code changed since it started)."""
     from fashionlab.train import train
 
     config = cfg.resolve(name, overrides=overrides)
@@ -138,7 +140,7 @@ def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
             print(f"{name}: going on from {earlier}", file=sys.stderr)
         try:
             if earlier:
-                path = train(name, resume=earlier, data_dir=data_dir, quiet=quiet)
+                path = train(name, resume=earlier, data_dir=data_dir, quiet=quiet, force=force)
             else:
                 path = train(name, overrides=[*overrides, *last], data_dir=data_dir, out=out,
                              quiet=quiet)
@@ -156,7 +158,7 @@ def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
 def reproduce(report: str = "all", seeds: int = 1, max_epochs: int | None = None,
               overrides: list[str] = (), out: str | None = None, data_dir: str | None = None,
               quiet: bool = False, on_row: Callable[[list[Row]], None] | None = None,
-              resume: bool = False) -> list[Row]:
+              resume: bool = False, force: bool = False) -> list[Row]:
     """Run every recipe of `report`, cheapest first; `on_row(rows so far)` follows each."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -166,7 +168,7 @@ def reproduce(report: str = "all", seeds: int = 1, max_epochs: int | None = None
     rows: list[Row] = []
     for name in names:
         rows.append(run_recipe(name, seeds, max_epochs, overrides, out, data_dir, quiet,
-                               resume))
+                               resume, force))
         if on_row:
             on_row(rows)
     return rows

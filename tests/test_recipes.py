@@ -153,7 +153,8 @@ def test_reproduce_rejects_bad_counts() -> None:
         reproduce.reproduce("weil", max_epochs=0)
 
 
-def test_reproduce_resume_goes_on_from_a_stopped_run(tiny_data: Path, tmp_path: Path) -> None:
+def test_reproduce_resume_goes_on_from_a_stopped_run(tiny_data: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
     from fashionlab import signals
@@ -172,7 +173,12 @@ def test_reproduce_resume_goes_on_from_a_stopped_run(tiny_data: Path, tmp_path: 
     (stopped,) = out.iterdir()
     assert runs.read_info(stopped)["state"] == "interrupted"
 
-    row = reproduce.run_recipe("weil-fc", max_epochs=2, overrides=options, resume=True, **kw)
+    started_with = runs.read_info(stopped)["code_version"]
+    monkeypatch.setattr(runs, "code_version", lambda: started_with + ".changed")
+    with pytest.raises(UserError, match="code changed"):  # as `train --resume` refuses
+        reproduce.run_recipe("weil-fc", max_epochs=2, overrides=options, resume=True, **kw)
+    row = reproduce.run_recipe("weil-fc", max_epochs=2, overrides=options, resume=True,
+                               force=True, **kw)
     assert row.runs == [stopped] and list(out.iterdir()) == [stopped]
     assert len(runs.load_run(stopped).history) == 2  # epoch 1 kept, epoch 2 trained on top
 

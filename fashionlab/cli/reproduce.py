@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="reuse finished runs of the same config in --out and resume an "
                    "interrupted one (after a kill or Ctrl-C), instead of starting afresh")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: resume even if the code changed since the run started")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines")
     add_data_dir(p)
     p.set_defaults(func=run)
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows = reproduce.reproduce(args.report, args.seeds, args.max_epochs, args.overrides,
                                args.out, args.data_dir, args.quiet, on_row=save,
-                               resume=args.resume)
+                               resume=args.resume, force=args.force)
     text = reproduce.markdown(rows, title, command, args.seeds)  # once: it reads the load
     if args.output:
         reproduce.write_markdown(args.output, text)  # the file is exactly what is printed
