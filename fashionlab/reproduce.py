@@ -207,9 +207,12 @@ def table_row(row: Row) -> list[str]:
 def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
     """The reproduction table with what a reader needs to trust it: machine, date, command."""
     load = os.getloadavg()[0]
+    # where the runs trained (a reused or resumed run may predate this process), else here
+    machine = "; ".join(sorted({runs.read_info(p).get("cpu") or "?" for r in rows
+                                for p in r.runs})) or hardware.cpu_description()
     lines = [f"## {title}", "",
              f"- command: `{command}`",
-             f"- machine: {hardware.cpu_description()}, torch {torch.__version__}",
+             f"- machine: {machine}, torch {torch.__version__}",
              f"- date: {datetime.date.today().isoformat()}; load average {load:.1f} when "
              "written" + (" (above the core count: other jobs shared the CPU, so s/epoch is "
                           "inflated)" if load > hardware.usable_cores() else ""),
