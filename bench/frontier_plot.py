@@ -10,6 +10,7 @@ recipes were chosen on. Minutes are the loop's own (train + validation), without
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{len(run.history)} ep, {threads.group(0) if threads else '?'}, "
                 f"{run.info.get('params', 0):,} params")
         val = [100 * float(row["val_accuracy"]) for row in run.history]
-        has_val = any(v == v for v in val)  # a run on all training images has no val curve
+        has_val = not all(math.isnan(v) for v in val)  # a fit on all training images has none
         (line,) = ax.plot(minutes, val, alpha=0.5,
                           label=f"{name} (val, per epoch)" if has_val else f"{name} (no val split)")
         if run.metrics:
