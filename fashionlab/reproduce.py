@@ -204,6 +204,12 @@ def table_row(row: Row) -> list[str]:
             _difference(row), epochs, seconds]
 
 
+def cpu_was_shared(load: float) -> bool:
+    """Read after training, the load average still counts our own threads (at most one per
+    core), which alone bring it to about the core count: only the excess is other jobs'."""
+    return load > hardware.usable_cores() + 0.5
+
+
 def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
     """The reproduction table with what a reader needs to trust it: machine, date, command."""
     load = os.getloadavg()[0]
@@ -215,7 +221,7 @@ def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
              f"- machine: {machine}, torch {torch.__version__}",
              f"- date: {datetime.date.today().isoformat()}; load average {load:.1f} when "
              "written" + (" (above the core count: other jobs shared the CPU, so s/epoch is "
-                          "inflated)" if load > hardware.usable_cores() else ""),
+                          "inflated)" if cpu_was_shared(load) else ""),
              f"- seeds: {seeds}" + (" (mean ± sample std)" if seeds > 1 else ""),
              "- accuracies in %; claimed figures are the report's; \"—\": none claimed "
              "(see `fashionlab show RECIPE` for why)"]

@@ -114,6 +114,18 @@ def test_difference_uses_the_claimed_split() -> None:
     assert reproduce.table_row(val_only)[6] == "1 of 50 (capped)"
 
 
+@pytest.mark.parametrize("load, flagged", [(0.4, False), (2.1, False), (2.5, False),
+                                           (2.6, True), (3.0, True)])
+def test_shared_cpu_flag_allows_for_our_own_threads(monkeypatch: pytest.MonkeyPatch,
+                                                    load: float, flagged: bool) -> None:
+    monkeypatch.setattr(reproduce.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(reproduce.hardware, "usable_cores", lambda: 2)
+    row = reproduce.Row("a", 0.0, 0.93, 1, 1, test=[0.9], val=[0.9])
+    text = reproduce.markdown([row], "t", "fashionlab reproduce a")
+    assert f"load average {load:.1f} when written" in text
+    assert ("other jobs shared the CPU" in text) is flagged
+
+
 def test_reproduce_command_writes_the_table(tiny_data: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture) -> None:
     table = tmp_path / "out" / "weil.md"
