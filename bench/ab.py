@@ -1,12 +1,14 @@
-"""A/B timings behind defaults: allocator thresholds, fused optimizers, penalties, ReLU.
+"""A/B timings behind defaults: allocator, fused optimizers, penalties, ReLU, DFT convolutions.
 
     nice .venv/bin/python bench/ab.py alloc weil-cnn duan-lenet5
     nice .venv/bin/python bench/ab.py optimizer weil-fc
     nice .venv/bin/python bench/ab.py penalty duan-fc korssjoen-fc
     nice .venv/bin/python bench/ab.py relu weil-cnn fast
+    .venv/bin/python bench/ab.py conv korssjoen-cnn-maxpool --threads 2
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
-shared machine's contention hits both alike; the median round counts. One thread.
+shared machine's contention hits both alike; the median round counts. One thread unless
+--threads says otherwise.
 """
 
 from __future__ import annotations
@@ -72,8 +74,17 @@ def relu_variants(config: dict) -> dict:
             for name, flag in (("new-tensor", False), ("in-place", True))}
 
 
+def conv_variants(config: dict) -> dict:
+    """oneDNN's direct convolution (channels-last) vs train.conv = "auto", which sends the
+    large ones through the DFT (fashionlab.dftconv), with the allocator settings training uses."""
+    from fashionlab import hardware
+
+    hardware.keep_freed_memory()
+    return {name: make_step(config, True, conv=name) for name in ("direct", "auto")}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
-            "penalty": penalty_variants, "relu": relu_variants}
+            "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,12 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("recipes", nargs="+")
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
     from fashionlab import config as cfg
     from fashionlab import hardware
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     print(f"CPU: {hardware.cpu_description()}", flush=True)
     for name in args.recipes:
         config = cfg.resolve(name)

@@ -18,16 +18,16 @@ import torch
 from torch.nn import functional as F
 
 from fashionlab import config as cfg
-from fashionlab import hardware, models, optim
+from fashionlab import dftconv, hardware, models, optim
 from fashionlab.inference import as_input
 
 
 def make_step(config: dict, channels_last: bool, compiled: bool = False, make_optimizer=None,
-              penalty: str = "direct", relu_in_place: bool = True):
+              penalty: str = "direct", relu_in_place: bool = True, conv: str = "auto"):
     """One training step as a closure; make_optimizer(params, train) replaces fashionlab's.
 
     penalty: how kernel penalties enter, "direct" (fashionlab's), "autograd" or "none".
-    relu_in_place=False undoes models.build's in-place ReLUs.
+    relu_in_place=False undoes models.build's in-place ReLUs; conv is train.conv (fp32, CPU).
     """
     torch.manual_seed(0)
     net = models.build(config["model"]["layers"])
@@ -35,6 +35,7 @@ def make_step(config: dict, channels_last: bool, compiled: bool = False, make_op
     for m in module.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = m.inplace and relu_in_place
+    dftconv.convert(module, conv, torch.device("cpu"), "fp32")
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     opt = (make_optimizer or optim.make_optimizer)(module.parameters(), config["train"])

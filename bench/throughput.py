@@ -5,7 +5,7 @@
 The peak is measured here: a square fp32 and bf16 matmul at the thread count fashionlab
 uses. Achieved training TFLOP/s counts models.Net.flops x 3 (forward + two backward
 matmuls) per image; inference counts x 1. Steps run the recipe's layout and precision
-choices (channels_last, precision auto) on random images at the recipe's batch size.
+choices (channels_last, precision, DFT convolutions) on random images at the recipe's batch size.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from fashionlab import config as cfg
-    from fashionlab import hardware, models
+    from fashionlab import dftconv, hardware, models
     from fashionlab.inference import logits
 
     hardware.configure_threads()
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         precision = hardware.resolve_precision(config["train"]["precision"], dev)
         last = hardware.use_channels_last(config["train"]["channels_last"], net.is_conv)
         batch = config["train"]["batch_size"]
-        train_rate = images_per_second(make_step(config, last), batch, args.seconds)
+        conv = config["train"]["conv"]
+        train_rate = images_per_second(make_step(config, last, conv=conv), batch, args.seconds)
+        dft = dftconv.convert(net.module, conv, dev, precision)
         module = net.module.to(memory_format=torch.channels_last) if last else net.module
         images = torch.randint(0, 256, (config["train"]["eval_batch_size"], 28, 28),
                                dtype=torch.uint8)
@@ -84,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         train_tflops = train_rate * net.flops * 3 / 1e12
         peak = bf16 if precision == "bf16" else fp32
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        row = (f"| {name} | {net.flops / 1e6:.2f} | {batch} | {precision} "
-               f"| {'channels-last' if last else 'contiguous'} | {train_rate:,.0f} "
+        layout = ("channels-last" if last else "contiguous") + (f", {dft} DFT convs" if dft else "")
+        row = (f"| {name} | {net.flops / 1e6:.2f} | {batch} | {precision} | {layout} "
+               f"| {train_rate:,.0f} "
                f"| {train_tflops:.4f} | {100 * train_tflops / peak:.1f} | {infer_rate:,.0f} "
                f"| {infer_rate * net.flops / 1e12:.4f} | {rss:,.0f} |")
         lines.append(row)

@@ -62,6 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "precision": "auto",             # auto | fp32 | bf16 (auto: bf16 where it is fast)
         "channels_last": "auto",         # auto | on | off, for conv nets
+        "conv": "auto",                  # auto | direct | dft: big convs via the DFT on CPU
         "tta_flip": False,               # evaluate on image + mirror image, averaged
         "eval_batch_size": 256,          # activations of 256 images stay in kept heap blocks
     },
@@ -82,6 +83,7 @@ CHOICES = {
     ("train", "monitor"): ("val_accuracy", "val_loss"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "channels_last"): ("auto", "on", "off"),
+    ("train", "conv"): ("auto", "direct", "dft"),
 }
 POSITIVE = {("train", "batch_size"), ("train", "epochs"), ("train", "eval_batch_size")}
 NON_NEGATIVE = {("train", k) for k in ("lr", "momentum", "weight_decay", "warmup_epochs",

@@ -1,0 +1,118 @@
+"""Large convolutions by the convolution theorem, computed with matrix multiplies.
+
+A stride-1 convolution is a pointwise product in the frequency domain, so its cost per pixel
+pair of channels falls from k*k multiply-adds to one complex multiply per frequency: for
+report 002's 5x5 convolutions at 14x14 and 7x7, 144 and 45 frequencies replace 196 x 25 and
+49 x 25 multiply-adds. The transforms are small dense DFT matrices applied with matmuls
+(no FFT library: CPU FFTs of 16x16 images batched thousands deep ran at under 1 GFLOP/s
+here), sized to the smallest transform without wrap-around, H + pad. Same parameters, same
+outputs to float rounding (about 3e-6 relative), so runs, checkpoints and exports do not
+know which algorithm trained them.
+
+Measured per training step (forward + backward), AMD EPYC AVX2, 2 threads, against oneDNN's
+direct convolution in channels-last (`bench/ab.py conv korssjoen-cnn-maxpool`, docs/speed.md):
+about 2x for the two big convolutions of report 002's CNN at batch 32. Small kernels (3x3)
+and thin layers (under 32 input channels) are slower this way, so `auto` leaves them alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MIN_KERNEL_AREA = 25  # 5x5: 3x3 kernels measured 0.7-0.9x of oneDNN's direct convolution
+MIN_IN_CHANNELS = 32  # 16 -> 32 channels measured 0.86-0.89x, 32 -> 64 1.2-1.5x
+
+
+def _dft(rows: torch.Tensor, cols: torch.Tensor, n: int, sign: int
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of exp(sign 2 pi i rows cols / n), in float64."""
+    a = sign * 2 * math.pi * torch.outer(rows.double(), cols.double()) / n
+    return torch.cos(a), torch.sin(a)
+
+
+def _block(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """A complex matrix as a real one acting on (real part; imaginary part) stacked."""
+    return torch.cat([torch.cat([re, -im], 1), torch.cat([im, re], 1)], 0)
+
+
+def transforms(h: int, w: int, kh: int, kw: int, ph: int, pw: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """The DFT matrices of one layer: input rows, input columns, kernel, inverse rows and
+    inverse columns. Columns use the real-input half spectrum (w + pw) // 2 + 1."""
+    n, m = h + ph, w + pw  # transform sizes: the smallest with no wrap-around
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    rows, cols = torch.arange(n), torch.arange(m // 2 + 1)
+    in_cols = torch.cat(_dft(torch.arange(w), cols, m, -1), 1)  # (w, 2 mf): re | im
+    in_rows = _block(*_dft(rows, torch.arange(h), n, -1))  # (2n, 2h)
+    # The kernel is correlated, not convolved: conjugate transform. Frequencies f = (row, col).
+    (hr, hi), (wr, wi) = _dft(rows, torch.arange(kh), n, 1), _dft(cols, torch.arange(kw), m, 1)
+    kernel = torch.stack([torch.kron(hr, wr) - torch.kron(hi, wi),
+                          torch.kron(hr, wi) + torch.kron(hi, wr)])  # (2, F, kh kw)
+    out_rows = _block(*_dft(torch.arange(ho) - ph, rows, n, 1)) / n  # (2ho, 2n), shifted by pad
+    weight = torch.full((len(cols),), 2.0, dtype=torch.float64)  # the half spectrum counts twice,
+    weight[0] = 1  # except the zero frequency
+    if m % 2 == 0:
+        weight[-1] = 1  # and Nyquist
+    cr, ci = _dft(torch.arange(wo) - pw, cols, m, 1)
+    out_cols = torch.stack([cr * weight, -ci * weight]) / m  # (2, wo, mf): real part only
+    return tuple(t.to(device, dtype).contiguous()
+                 for t in (in_cols, in_rows, kernel, out_rows, out_cols))
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           mats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=(ph, pw)) at stride 1, through `transforms(...)`."""
+    in_cols, in_rows, kernel, out_rows, out_cols = mats
+    b, c, h, _ = x.shape
+    o, _, kh, kw = weight.shape
+    n, mf, ho = in_rows.shape[0] // 2, in_cols.shape[1] // 2, out_rows.shape[0] // 2
+    x1 = (x @ in_cols).view(b, c, h, 2, mf)
+    xr, xi = torch.einsum("nsh,bchsg->ngbc", in_rows.view(2 * n, 2, h), x1).reshape(
+        2, n * mf, b, c)
+    wt = weight.reshape(o * c, kh * kw).T  # a view: measured 2x faster than a copy here
+    wr, wi = ((k @ wt).view(-1, o, c).transpose(1, 2) for k in kernel)  # (F, c, o) views
+    yr = torch.baddbmm(torch.bmm(xr, wr), -xi, wi)  # the complex product, per frequency
+    yi = torch.baddbmm(torch.bmm(xr, wi), xi, wr)
+    y = (out_rows @ torch.stack([yr, yi]).view(2 * n, -1)).view(2, ho, mf, b, o)
+    y = torch.einsum("swg,shgbo->bohw", out_cols, y)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+class DFTConv2d(nn.Conv2d):
+    """nn.Conv2d with the same parameters, computed by `conv2d` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[2], x.shape[3], x.device, x.dtype)
+        mats = self._mats.get(key)
+        if mats is None:
+            mats = self._mats[key] = transforms(*key[:2], *self.kernel_size, *self.padding,
+                                                x.device, x.dtype)
+        return conv2d(x, self.weight, self.bias, mats)
+
+
+def suits(conv: nn.Conv2d, requested: str) -> bool:
+    """Can (and, under 'auto', should) this convolution go through the frequency domain?"""
+    possible = (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+                and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+    if requested == "dft" or not possible:
+        return possible
+    return (requested == "auto" and math.prod(conv.kernel_size) >= MIN_KERNEL_AREA
+            and conv.in_channels >= MIN_IN_CHANNELS)
+
+
+def convert(module: nn.Module, requested: str, device: torch.device, precision: str) -> int:
+    """Swap the suitable convolutions of `module` for DFTConv2d sharing their parameters, so
+    state dicts, optimizers and checkpoints are unchanged; return how many were swapped.
+    Only for fp32 on CPU: cuDNN and bf16 kernels are fast already, and a bf16 DFT would lose
+    most of its 8 mantissa bits to the transform sums. 'dft' forces it anywhere possible."""
+    if requested == "direct" or (
+            requested == "auto" and (device.type, precision) != ("cpu", "fp32")):
+        return 0
+    convs = [m for m in module.modules() if type(m) is nn.Conv2d and suits(m, requested)]
+    for conv in convs:
+        conv.__class__ = DFTConv2d
+        conv._mats = {}
+    return len(convs)

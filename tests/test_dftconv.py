@@ -1,0 +1,104 @@
+"""The DFT convolution is the same function as nn.Conv2d (values and gradients, to float
+rounding), swaps in only where the rule says, and trains to the same numbers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fashionlab import config as cfg
+from fashionlab import dftconv, models, runs
+from fashionlab.train import train
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("b, c, o, h, w, k, pad", [
+    (3, 4, 5, 14, 14, (5, 5), (2, 2)),   # 'same', even transform size 16
+    (2, 3, 6, 7, 7, (5, 5), (2, 2)),     # 'same', odd transform size 9
+    (2, 2, 3, 9, 12, (3, 5), (1, 2)),    # rectangular image and kernel
+    (2, 3, 4, 10, 10, (5, 5), (0, 0)),   # 'valid': output 6x6
+    (1, 1, 2, 6, 6, (1, 1), (0, 0)),     # 1x1
+])
+def test_matches_conv2d_values_and_gradients(b, c, o, h, w, k, pad):
+    torch.manual_seed(0)
+    x = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(o, c, *k, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(o, dtype=torch.float64, requires_grad=True)
+    mats = dftconv.transforms(h, w, *k, *pad, CPU, torch.float64)
+    got = dftconv.conv2d(x, weight, bias, mats)
+    want = F.conv2d(x, weight, bias, padding=pad)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    probe = torch.randn_like(want)
+    grads = torch.autograd.grad((got * probe).sum(), (x, weight, bias))
+    expected = torch.autograd.grad((want * probe).sum(), (x, weight, bias))
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+
+
+def test_float32_error_is_rounding_sized():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 32, 5, padding=2)
+    x = torch.randn(4, 64, 14, 14)
+    want = conv(x)
+    dftconv.convert(conv, "dft", CPU, "fp32")
+    err = (conv(x) - want).abs().max() / want.abs().max()
+    assert 0 < err < 1e-5
+
+
+def _korssjoen():
+    return models.build(cfg.resolve("korssjoen-cnn-maxpool")["model"]["layers"]).module
+
+
+@pytest.mark.parametrize("requested, device, precision, swapped", [
+    ("auto", "cpu", "fp32", 2),    # 128->256 and 256->512 5x5; not the 1->128 first layer
+    ("dft", "cpu", "fp32", 3),     # every stride-1 convolution
+    ("direct", "cpu", "fp32", 0),
+    ("auto", "cpu", "bf16", 0),    # bf16 would round the transforms away
+    ("auto", "cuda", "fp32", 0),   # cuDNN
+])
+def test_which_convolutions_are_swapped(requested, device, precision, swapped):
+    module = _korssjoen()
+    keys = list(module.state_dict())
+    assert dftconv.convert(module, requested, torch.device(device), precision) == swapped
+    kinds = [type(m) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    assert kinds.count(dftconv.DFTConv2d) == swapped
+    assert list(module.state_dict()) == keys
+
+
+def test_auto_leaves_small_kernels_and_strides_alone():
+    small = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 5, stride=2))
+    assert dftconv.convert(copy.deepcopy(small), "auto", CPU, "fp32") == 0
+    assert dftconv.convert(small, "dft", CPU, "fp32") == 1  # a stride of 2 never
+
+
+CONV_CONFIG = {
+    "model": {"name": "conv5", "layers": [
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
+        {"type": "maxpool"},
+        {"type": "conv2d", "filters": 8, "kernel": 5, "padding": "same", "activation": "relu"},
+        {"type": "maxpool"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]},
+    "data": {"dataset": "any", "val": "first:50"},
+    "train": {"epochs": 2, "batch_size": 32, "seed": 1, "precision": "fp32"},
+}
+
+
+def test_trains_to_the_same_numbers(tiny_data, tmp_path):
+    def fit(conv: str) -> runs.Run:
+        return runs.load_run(train(copy.deepcopy(CONV_CONFIG), overrides=[f"train.conv={conv}"],
+                                   data_dir=str(tiny_data), out=tmp_path, quiet=True))
+
+    direct, dft = fit("direct"), fit("dft")
+    assert (direct.info["dft_convs"], dft.info["dft_convs"]) == (0, 2)
+    assert len(direct.history) == len(dft.history) == 2
+    for a, b in zip(direct.history, dft.history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+    assert direct.metrics["test_accuracy"] == dft.metrics["test_accuracy"]
