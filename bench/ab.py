@@ -75,8 +75,8 @@ def relu_variants(config: dict) -> dict:
 
 
 def conv_variants(config: dict) -> dict:
-    """oneDNN's direct convolution (channels-last) vs train.conv = "auto", which sends the
-    large ones through the DFT (fashionlab.dftconv), with the allocator settings training uses."""
+    """oneDNN for every convolution (channels-last) vs train.conv = "auto", which sends the
+    large ones through the DFT (fashionlab.convs), with the allocator settings training uses."""
     from fashionlab import hardware
 
     hardware.keep_freed_memory()

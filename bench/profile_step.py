@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from fashionlab import config as cfg
-from fashionlab import dftconv, hardware, models, optim
+from fashionlab import convs, hardware, models, optim
 from fashionlab.inference import as_input
 
 
@@ -35,7 +35,7 @@ def make_step(config: dict, channels_last: bool, compiled: bool = False, make_op
     for m in module.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = m.inplace and relu_in_place
-    dftconv.convert(module, conv, torch.device("cpu"), "fp32")
+    convs.convert(module, conv, torch.device("cpu"), "fp32")
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     opt = (make_optimizer or optim.make_optimizer)(module.parameters(), config["train"])

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from fashionlab import config as cfg
-    from fashionlab import dftconv, hardware, models
+    from fashionlab import convs, hardware, models
     from fashionlab.inference import logits
 
     hardware.configure_threads()
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         batch = config["train"]["batch_size"]
         conv = config["train"]["conv"]
         train_rate = images_per_second(make_step(config, last, conv=conv), batch, args.seconds)
-        dft = dftconv.convert(net.module, conv, dev, precision)
+        dft = convs.convert(net.module, conv, dev, precision)
         module = net.module.to(memory_format=torch.channels_last) if last else net.module
         images = torch.randint(0, 256, (config["train"]["eval_batch_size"], 28, 28),
                                dtype=torch.uint8)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         train_tflops = train_rate * net.flops * 3 / 1e12
         peak = bf16 if precision == "bf16" else fp32
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        layout = ("channels-last" if last else "contiguous") + (f", {dft} DFT convs" if dft else "")
+        layout = ("channels-last" if last else "contiguous") + (f", {dft} DFT" if dft else "")
         row = (f"| {name} | {net.flops / 1e6:.2f} | {batch} | {precision} | {layout} "
                f"| {train_rate:,.0f} "
                f"| {train_tflops:.4f} | {100 * train_tflops / peak:.1f} | {infer_rate:,.0f} "

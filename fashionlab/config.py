@@ -62,7 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "precision": "auto",             # auto | fp32 | bf16 (auto: bf16 where it is fast)
         "channels_last": "auto",         # auto | on | off, for conv nets
-        "conv": "auto",                  # auto | direct | dft: big convs via the DFT on CPU
+        "conv": "auto",                  # auto | direct | dft: CPU conv algorithms (convs.py)
         "tta_flip": False,               # evaluate on image + mirror image, averaged
         "eval_batch_size": 256,          # activations of 256 images stay in kept heap blocks
     },

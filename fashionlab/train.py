@@ -33,8 +33,8 @@ from fashionlab import (
     augment,
     callable_module,
     checkpoint,
+    convs,
     data,
-    dftconv,
     distributed,
     hardware,
     models,
@@ -155,7 +155,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     dev = hardware.device()
     precision = hardware.resolve_precision(train_cfg["precision"], dev)
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
-    dft_convs = dftconv.convert(net.module, train_cfg["conv"], dev, precision)
+    dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
     ds = data.load(data_dir, config["data"]["dataset"])
     tensors = to_tensors(ds, config["data"]["val"], seed, dev)
     if len(tensors.y_val) == 0 and train_cfg["patience"]:
@@ -173,7 +173,8 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         runs.start(run_dir, cfg.dumps(config), {
             "name": config["model"]["name"], "engine": "torch", "seed": seed,
             "config_digest": cfg.digest(config), "device": str(dev),
-            "precision": precision, "dft_convs": dft_convs, "cpu": hardware.cpu_description(),
+            "precision": precision, "dft_convs": dft_convs,
+            "cpu": hardware.cpu_description(),
             "torch": torch.__version__, "params": net.params, "pid": os.getpid(),
             "world_size": distributed.rank_world()[1],
             "data": {"source": ds.source, "path": str(Path(ds.path).resolve()),

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fashionlab import config as cfg
-from fashionlab import dftconv, models, runs
+from fashionlab import convs, models, runs
 from fashionlab.train import train
 
 CPU = torch.device("cpu")
@@ -29,8 +29,8 @@ def test_matches_conv2d_values_and_gradients(b, c, o, h, w, k, pad):
     x = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(o, c, *k, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(o, dtype=torch.float64, requires_grad=True)
-    mats = dftconv.transforms(h, w, *k, *pad, CPU, torch.float64)
-    got = dftconv.conv2d(x, weight, bias, mats)
+    mats = convs.transforms(h, w, *k, *pad, CPU, torch.float64)
+    got = convs.conv2d(x, weight, bias, mats)
     want = F.conv2d(x, weight, bias, padding=pad)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
@@ -46,7 +46,7 @@ def test_float32_error_is_rounding_sized():
     conv = nn.Conv2d(64, 32, 5, padding=2)
     x = torch.randn(4, 64, 14, 14)
     want = conv(x)
-    dftconv.convert(conv, "dft", CPU, "fp32")
+    convs.convert(conv, "dft", CPU, "fp32")
     err = (conv(x) - want).abs().max() / want.abs().max()
     assert 0 < err < 1e-5
 
@@ -65,21 +65,26 @@ def _korssjoen():
 def test_which_convolutions_are_swapped(requested, device, precision, swapped):
     module = _korssjoen()
     keys = list(module.state_dict())
-    assert dftconv.convert(module, requested, torch.device(device), precision) == swapped
+    assert convs.convert(module, requested, torch.device(device), precision) == swapped
     kinds = [type(m) for m in module.modules() if isinstance(m, nn.Conv2d)]
-    assert kinds.count(dftconv.DFTConv2d) == swapped
+    assert kinds.count(convs.DFTConv2d) == swapped
     assert list(module.state_dict()) == keys
 
 
-def test_auto_leaves_small_kernels_and_strides_alone():
-    small = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 5, stride=2))
-    assert dftconv.convert(copy.deepcopy(small), "auto", CPU, "fp32") == 0
-    assert dftconv.convert(small, "dft", CPU, "fp32") == 1  # a stride of 2 never
+@pytest.mark.parametrize("conv, auto, dft", [
+    (nn.Conv2d(32, 64, 5, padding=2), 1, 1),
+    (nn.Conv2d(64, 64, 3, padding=1), 0, 1),   # 3x3: oneDNN is faster
+    (nn.Conv2d(16, 32, 5, padding=2), 0, 1),   # too few input channels
+    (nn.Conv2d(64, 64, 5, stride=2), 0, 0),    # strided: never
+])
+def test_auto_rule(conv, auto, dft):
+    assert convs.convert(copy.deepcopy(conv), "auto", CPU, "fp32") == auto
+    assert convs.convert(conv, "dft", CPU, "fp32") == dft
 
 
 CONV_CONFIG = {
     "model": {"name": "conv5", "layers": [
-        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
+        {"type": "conv2d", "filters": 32, "kernel": 3, "padding": "same", "activation": "relu"},
         {"type": "maxpool"},
         {"type": "conv2d", "filters": 8, "kernel": 5, "padding": "same", "activation": "relu"},
         {"type": "maxpool"},
@@ -95,10 +100,10 @@ def test_trains_to_the_same_numbers(tiny_data, tmp_path):
         return runs.load_run(train(copy.deepcopy(CONV_CONFIG), overrides=[f"train.conv={conv}"],
                                    data_dir=str(tiny_data), out=tmp_path, quiet=True))
 
-    direct, dft = fit("direct"), fit("dft")
-    assert (direct.info["dft_convs"], dft.info["dft_convs"]) == (0, 2)
-    assert len(direct.history) == len(dft.history) == 2
-    for a, b in zip(direct.history, dft.history, strict=True):
+    direct, auto = fit("direct"), fit("auto")
+    assert (direct.info["dft_convs"], auto.info["dft_convs"]) == (0, 1)
+    assert len(direct.history) == len(auto.history) == 2
+    for a, b in zip(direct.history, auto.history, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
-    assert direct.metrics["test_accuracy"] == dft.metrics["test_accuracy"]
+    assert direct.metrics["test_accuracy"] == auto.metrics["test_accuracy"]

@@ -1,18 +1,19 @@
-"""Large convolutions by the convolution theorem, computed with matrix multiplies.
+"""Large convolutions through the frequency domain, computed with matrix multiplies.
 
-A stride-1 convolution is a pointwise product in the frequency domain, so its cost per pixel
-pair of channels falls from k*k multiply-adds to one complex multiply per frequency: for
-report 002's 5x5 convolutions at 14x14 and 7x7, 144 and 45 frequencies replace 196 x 25 and
-49 x 25 multiply-adds. The transforms are small dense DFT matrices applied with matmuls
-(no FFT library: CPU FFTs of 16x16 images batched thousands deep ran at under 1 GFLOP/s
-here), sized to the smallest transform without wrap-around, H + pad. Same parameters, same
-outputs to float rounding (about 3e-6 relative), so runs, checkpoints and exports do not
-know which algorithm trained them.
+A stride-1 convolution is a pointwise product of spectra, so its cost per pair of channels
+falls from k*k multiply-adds per pixel to one complex multiply per frequency: for report
+002's 5x5 convolutions at 14x14 and 7x7, 144 and 45 frequencies replace 196 x 25 and 49 x 25
+multiply-adds. The transforms are small dense DFT matrices applied with matmuls (CPU FFTs of
+16x16 images batched thousands deep ran at under 1 GFLOP/s here), sized to the smallest
+transform without wrap-around, H + pad. Outputs and gradients equal nn.Conv2d's to float
+rounding (tests/test_convs.py), so runs, checkpoints and exports do not know which
+algorithm trained them.
 
-Measured per training step (forward + backward), AMD EPYC AVX2, 2 threads, against oneDNN's
-direct convolution in channels-last (`bench/ab.py conv korssjoen-cnn-maxpool`, docs/speed.md):
-about 2x for the two big convolutions of report 002's CNN at batch 32. Small kernels (3x3)
-and thin layers (under 32 input channels) are slower this way, so `auto` leaves them alone.
+Measured against oneDNN's direct convolution, AMD EPYC AVX2, 2 threads, forward + backward
+at batch 32: about 2x on each of report 002's two big convolutions, and report 002's CNN
+step 492 -> 307 ms (`bench/ab.py conv korssjoen-cnn-maxpool --threads 2`, docs/speed.md).
+3x3 kernels and thin layers were slower this way, so `train.conv = "auto"` leaves them to
+oneDNN, as it does on GPUs and under bf16.
 """
 
 from __future__ import annotations
@@ -94,25 +95,25 @@ class DFTConv2d(nn.Conv2d):
 
 
 def suits(conv: nn.Conv2d, requested: str) -> bool:
-    """Can (and, under 'auto', should) this convolution go through the frequency domain?"""
+    """'dft': wherever the frequency domain computes the same thing (stride 1, no dilation
+    or groups); 'auto': where it also measured faster; 'direct': never."""
     possible = (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
                 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
-    if requested == "dft" or not possible:
-        return possible
-    return (requested == "auto" and math.prod(conv.kernel_size) >= MIN_KERNEL_AREA
+    if requested != "auto":
+        return possible and requested == "dft"
+    return (possible and math.prod(conv.kernel_size) >= MIN_KERNEL_AREA
             and conv.in_channels >= MIN_IN_CHANNELS)
 
 
 def convert(module: nn.Module, requested: str, device: torch.device, precision: str) -> int:
-    """Swap the suitable convolutions of `module` for DFTConv2d sharing their parameters, so
-    state dicts, optimizers and checkpoints are unchanged; return how many were swapped.
-    Only for fp32 on CPU: cuDNN and bf16 kernels are fast already, and a bf16 DFT would lose
-    most of its 8 mantissa bits to the transform sums. 'dft' forces it anywhere possible."""
-    if requested == "direct" or (
-            requested == "auto" and (device.type, precision) != ("cpu", "fp32")):
+    """Re-class the suitable convolutions of `module` as DFTConv2d, in place: the same
+    objects and parameters, so state dicts, optimizers and checkpoints are unchanged; return
+    how many. 'auto' only acts for fp32 on CPU: cuDNN and bf16 kernels are fast already,
+    and a bf16 DFT would lose most of its 8 mantissa bits to the transform sums."""
+    if requested == "auto" and (device.type, precision) != ("cpu", "fp32"):
         return 0
-    convs = [m for m in module.modules() if type(m) is nn.Conv2d and suits(m, requested)]
-    for conv in convs:
+    chosen = [m for m in module.modules() if type(m) is nn.Conv2d and suits(m, requested)]
+    for conv in chosen:
         conv.__class__ = DFTConv2d
         conv._mats = {}
-    return len(convs)
+    return len(chosen)
