@@ -1,4 +1,5 @@
-"""Splice generated tables into README.md between `<!-- name:start -->` / `<!-- name:end -->`.
+"""Splice generated tables into README.md and docs/speed.md between `<!-- name:start -->` /
+`<!-- name:end -->`.
 
     python docs/update_readme.py
 
@@ -11,10 +12,12 @@ import re
 from pathlib import Path
 
 DOCS = Path(__file__).parent
-README = DOCS.parent / "README.md"
+TARGETS = [DOCS.parent / "README.md", DOCS / "speed.md"]
 BLOCKS = {
     "reproduction": sorted((DOCS / "reproduction").glob("*.md")),
     "vs-keras": [DOCS / "bench" / "vs_keras.md"],
+    "throughput": [DOCS / "bench" / "throughput.md"],
+    "convs": [DOCS / "bench" / "convs.md"],
     "compare": [DOCS / "figures" / "compare.txt"],
 }
 
@@ -31,11 +34,13 @@ def block(files: list[Path]) -> str:
 
 
 def main() -> None:
-    text = README.read_text()
-    for name, files in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
-        text = pattern.sub(lambda m, f=files: m.group(1) + block(f) + "\n" + m.group(2), text)
-    README.write_text(text)
+    for target in TARGETS:
+        text = target.read_text()
+        for name, files in BLOCKS.items():
+            pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+            text = pattern.sub(lambda m, f=files: m.group(1) + block(f) + "\n" + m.group(2),
+                               text)
+        target.write_text(text)
 
 
 if __name__ == "__main__":

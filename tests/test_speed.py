@@ -109,7 +109,8 @@ def _load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab"])
+@pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab",
+                                  "convs"])
 def test_bench_scripts_show_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         _load(name).main(["--help"])
