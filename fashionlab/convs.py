@@ -3,15 +3,16 @@
 A stride-1 convolution is a pointwise product of spectra, so its cost per pair of channels
 falls from k*k multiply-adds per pixel to one complex multiply per frequency: for report
 002's 5x5 convolutions at 14x14 and 7x7, 144 and 45 frequencies replace 196 x 25 and 49 x 25
-multiply-adds. The transforms are small dense DFT matrices applied with matmuls (CPU FFTs of
-16x16 images batched thousands deep ran at under 1 GFLOP/s here), sized to the smallest
-transform without wrap-around, H + pad. Outputs and gradients equal nn.Conv2d's to float
-rounding (tests/test_convs.py), so runs, checkpoints and exports do not know which
-algorithm trained them.
+multiply-adds. The transforms are small dense DFT matrices applied with matmuls (torch.fft
+on thousands of 16x16 images was slower than the direct convolution: bench/convs.py), sized
+to the smallest transform without wrap-around, H + pad. Outputs and gradients equal
+nn.Conv2d's to float rounding (tests/test_convs.py), so runs, checkpoints and exports do
+not know which algorithm trained them.
 
 Measured against oneDNN's direct convolution, AMD EPYC AVX2, 2 threads, forward + backward
-at batch 32: about 2x on each of report 002's two big convolutions, and report 002's CNN
-step 492 -> 307 ms (`bench/ab.py conv korssjoen-cnn-maxpool --threads 2`, docs/speed.md).
+at batch 32: about 2x on each of report 002's two big convolutions (`bench/convs.py`), and
+report 002's CNN step 518 -> 302 ms (`bench/ab.py conv korssjoen-cnn-maxpool --threads 2`;
+docs/speed.md).
 3x3 kernels and thin layers were slower this way, so `train.conv = "auto"` leaves them to
 oneDNN, as it does on GPUs and under bf16.
 """
@@ -73,7 +74,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     x1 = (x @ in_cols).view(b, c, h, 2, mf)
     xr, xi = torch.einsum("nsh,bchsg->ngbc", in_rows.view(2 * n, 2, h), x1).reshape(
         2, n * mf, b, c)
-    wt = weight.reshape(o * c, kh * kw).T  # a view: measured 2x faster than a copy here
+    wt = weight.reshape(o * c, kh * kw).T  # a view, no copy of the weight
     wr, wi = ((k @ wt).view(-1, o, c).transpose(1, 2) for k in kernel)  # (F, c, o) views
     yr = torch.baddbmm(torch.bmm(xr, wr), -xi, wi)  # the complex product, per frequency
     yi = torch.baddbmm(torch.bmm(xr, wi), xi, wr)
