@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     hardware.keep_freed_memory()
-    lines = [f"CPU: {hardware.cpu_description()}, {args.threads} thread(s); load average "
+    lines = [f"CPU: {hardware.cpu_description()}; load average "
              f"{os.getloadavg()[0]:.1f}; {datetime.date.today()}, torch {torch.__version__}. "
              f"ms per forward + backward, median of {args.rounds} rounds.", "",
              "| batch | in -> out | size | kernel | oneDNN ms | DFT ms | DFT speed-up "

@@ -24,8 +24,10 @@ import math
 import torch
 from torch import nn
 
-MIN_KERNEL_AREA = 25  # 5x5: 3x3 kernels measured 0.7-0.9x of oneDNN's direct convolution
-MIN_IN_CHANNELS = 32  # 16 -> 32 channels measured 0.86-0.89x, 32 -> 64 1.2-1.5x
+# bench/convs.py (docs/bench/convs.md): 3x3 kernels ran at 0.73-0.96x of oneDNN, 5x5 at
+# 6 -> 16 channels 0.59x, at 16 -> 32 and 32 -> 64 about 1.1x, from 128 channels 2.3-4.1x.
+MIN_KERNEL_AREA = 25
+MIN_IN_CHANNELS = 32
 
 
 def _dft(rows: torch.Tensor, cols: torch.Tensor, n: int, sign: int
