@@ -4,7 +4,7 @@ A stride-1 convolution is a pointwise product of spectra, so its cost per pair o
 falls from k*k multiply-adds per pixel to one complex multiply per frequency: for report
 002's 5x5 convolutions at 14x14 and 7x7, 144 and 45 frequencies replace 196 x 25 and 49 x 25
 multiply-adds. The transforms are small dense DFT matrices applied with matmuls (torch.fft
-on thousands of 16x16 images was slower than the direct convolution: bench/convs.py), sized
+was slower than these on every layer of bench/convs.py), sized
 to the smallest transform without wrap-around, H + pad. Outputs and gradients equal
 nn.Conv2d's to float rounding (tests/test_convs.py), so runs, checkpoints and exports do
 not know which algorithm trained them.
