@@ -7,7 +7,7 @@
         history.csv          one row per finished epoch, rewritten as each epoch ends
         metrics.json         test_accuracy (fraction), test_loss, epochs_run, train_seconds, params
         model.safetensors    final weights
-        predictions.safetensors  per-image test probabilities (float16) and labels
+        predictions.safetensors  per-image test probabilities (float32) and labels
         checkpoint.safetensors   what resuming needs, replaced atomically each epoch
 
 Every file is written to a temporary name in the same folder, fsynced and renamed, so a kill
@@ -199,9 +199,13 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def save_predictions(path: Path, probabilities: np.ndarray, labels: np.ndarray) -> None:
-    """float16 test-set probabilities (10k x 10 = 200 kB) for McNemar tests and galleries."""
+    """float32 test-set probabilities (10k x 10 = 400 kB) for McNemar tests and galleries.
+
+    Not float16: two probabilities near a tie round to the same half-precision value and the
+    argmax then flips, so `compare` scored a run one image off its own metrics.json.
+    """
     write_tensors(path / "predictions.safetensors",
-                  {"probabilities": probabilities.astype(np.float16),
+                  {"probabilities": probabilities.astype(np.float32),
                    "labels": labels.astype(np.uint8)}, {"format": "fashionlab-predictions"})
 
 

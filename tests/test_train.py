@@ -31,7 +31,8 @@ def test_run_folder_is_complete(tiny_data, tiny_config, tmp_path):
     assert 0 <= m["test_accuracy"] <= 1 and m["train_seconds"] > 0
     probs, labels = run.predictions()
     assert probs.shape == (100, 10) and np.allclose(probs.sum(1), 1, atol=1e-2)
-    assert (probs.argmax(1) == labels).mean() == pytest.approx(m["test_accuracy"], abs=0.011)
+    assert probs.dtype == np.float32  # float16 near-ties flipped argmaxes (compare != metrics)
+    assert (probs.argmax(1) == labels).mean() == pytest.approx(m["test_accuracy"], abs=1e-9)
     assert config.resolve(run.config) == config.resolve(tiny_config)
     # The saved weights reproduce the saved predictions.
     trained = load_trained(path)

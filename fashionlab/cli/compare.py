@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare runs: accuracy intervals, McNemar tests",
-                       description="One table of finished runs with 95%% Wilson intervals, exact "
+                       description="One table of finished runs with 95% Wilson intervals, exact "
                        "McNemar tests for every pair scored on the same test images, and "
                        "mean ± std for runs that differ only in their seed.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
