@@ -5,6 +5,7 @@
     nice .venv/bin/python bench/ab.py penalty duan-fc korssjoen-fc
     nice .venv/bin/python bench/ab.py relu weil-cnn fast
     .venv/bin/python bench/ab.py conv korssjoen-cnn-maxpool --threads 2
+    .venv/bin/python bench/ab.py pool weil-cnn --threads 2 --steps 100 --rounds 7
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -83,8 +84,69 @@ def conv_variants(config: dict) -> dict:
     return {name: make_step(config, True, conv=name) for name in ("direct", "auto")}
 
 
+class _ReluAvgPool(torch.autograd.Function):
+    """ReLU (in place, as models.build does after a conv) then a 2x2 average pool, with one
+    backward: upsample the pooled gradient and mask it, instead of the pool's zero fill and
+    scatter followed by the ReLU's threshold_backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        x.clamp_min_(0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.set_materialize_grads(False)
+        return torch.nn.functional.avg_pool2d(x, 2, 2), x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _unused) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        up = torch.nn.functional.interpolate(grad * 0.25, scale_factor=2, mode="nearest")
+        return torch.ops.aten.threshold_backward(up, y, 0)
+
+
+class _FusedReluAvgPool(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ReluAvgPool.apply(x)[0]
+
+
+def _fuse_relu_pool(module: torch.nn.Module) -> torch.nn.Module:
+    """The same net with every ReLU followed by a 2x2/2 average pool as one fused layer."""
+    flat, out = [m for block in module for m in block], []
+    for m in flat:
+        pool = isinstance(m, torch.nn.AvgPool2d) and m.kernel_size in (2, (2, 2)) and (
+            m.stride in (2, (2, 2))) and not m.padding
+        if pool and out and isinstance(out[-1], torch.nn.ReLU):
+            out[-1] = _FusedReluAvgPool()
+        else:
+            out.append(m)
+    return torch.nn.Sequential(*out)
+
+
+def pool_variants(config: dict) -> dict:
+    """ReLU and average pool as separate modules (fashionlab's) vs _ReluAvgPool, channels-last,
+    with the allocator settings training uses."""
+    from fashionlab import hardware, models
+
+    hardware.keep_freed_memory()
+    build = models.build
+
+    def fused_build(*args, **kwargs):
+        net = build(*args, **kwargs)
+        net.module = _fuse_relu_pool(net.module)
+        return net
+
+    steps = {"separate": make_step(config, True)}
+    models.build = fused_build
+    try:
+        steps["fused"] = make_step(config, True)
+    finally:
+        models.build = build
+    return steps
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
-            "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants}
+            "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
+            "pool": pool_variants}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -110,12 +110,33 @@ def _load(name: str):
 
 
 @pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab",
-                                  "convs"])
+                                  "convs", "loop_overhead"])
 def test_bench_scripts_show_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         _load(name).main(["--help"])
     assert done.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_ab_fused_relu_pool_computes_what_the_separate_layers_do():
+    """bench/ab.py pool times a fused ReLU + average pool against the net's own layers: the
+    two must give the same outputs and gradients, or the timing compares different work."""
+    ab = _load("ab")
+    torch.manual_seed(0)
+    net = models.build(cfg.resolve("weil-cnn")["model"]["layers"])
+    module = net.module.double()
+    fused = ab._fuse_relu_pool(module)
+    assert sum(isinstance(m, ab._FusedReluAvgPool) for m in fused) == 2
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    results = []
+    for m in (module, fused):
+        m.zero_grad(set_to_none=True)
+        out = m(x)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    (a, ga), (b, gb) = results
+    assert torch.equal(a, b)
+    assert all(torch.allclose(u, v, rtol=0, atol=1e-12) for u, v in zip(ga, gb, strict=True))
 
 
 def test_vs_keras_rejects_an_unknown_model():
