@@ -125,23 +125,11 @@ def _fuse_relu_pool(module: torch.nn.Module) -> torch.nn.Module:
 def pool_variants(config: dict) -> dict:
     """ReLU and average pool as separate modules (fashionlab's) vs _ReluAvgPool, channels-last,
     with the allocator settings training uses."""
-    from fashionlab import hardware, models
+    from fashionlab import hardware
 
     hardware.keep_freed_memory()
-    build = models.build
-
-    def fused_build(*args, **kwargs):
-        net = build(*args, **kwargs)
-        net.module = _fuse_relu_pool(net.module)
-        return net
-
-    steps = {"separate": make_step(config, True)}
-    models.build = fused_build
-    try:
-        steps["fused"] = make_step(config, True)
-    finally:
-        models.build = build
-    return steps
+    return {"separate": make_step(config, True),
+            "fused": make_step(config, True, rewrite=_fuse_relu_pool)}
 
 
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,

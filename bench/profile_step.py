@@ -23,15 +23,17 @@ from fashionlab.inference import as_input
 
 
 def make_step(config: dict, channels_last: bool, compiled: bool = False, make_optimizer=None,
-              penalty: str = "direct", relu_in_place: bool = True, conv: str = "auto"):
+              penalty: str = "direct", relu_in_place: bool = True, conv: str = "auto",
+              rewrite=None):
     """One training step as a closure; make_optimizer(params, train) replaces fashionlab's.
 
     penalty: how kernel penalties enter, "direct" (fashionlab's), "autograd" or "none".
-    relu_in_place=False undoes models.build's in-place ReLUs; conv is train.conv (fp32, CPU).
+    relu_in_place=False undoes models.build's in-place ReLUs; conv is train.conv (fp32, CPU);
+    rewrite(module) -> module swaps layers for an alternative being timed.
     """
     torch.manual_seed(0)
     net = models.build(config["model"]["layers"])
-    module = net.module
+    module = rewrite(net.module) if rewrite else net.module
     for m in module.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = m.inplace and relu_in_place
