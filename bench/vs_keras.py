@@ -7,6 +7,9 @@ tf.keras (bench/keras_side.py, in its own venv bench/.venv-keras, installed on f
 in fashionlab, one after the other in one run on one machine, alternating which goes first.
 Both get the same intra-op thread count. Exits 1 if fashionlab is slower on any model.
 Report 002's CNN (0.65 GFLOP per image) trains by default on a subset (--cnn002-images).
+With --seeds, every model trains once per seed on each side: one seed's accuracy differs
+between frameworks by about as much as between seeds, so equal accuracy is a claim about
+means (the table gives mean +- std and each seed's figures).
 """
 
 from __future__ import annotations
@@ -60,11 +63,11 @@ def subset_dir(folder: Path, n_train: int, n_test: int) -> Path:
     return folder
 
 
-def run_keras(python: Path, config: dict, epochs: int, data_dir: str | None,
+def run_keras(python: Path, config: dict, epochs: int, seed: int, data_dir: str | None,
               threads: int) -> dict:
     job = {"layers": config["model"]["layers"], "train": config["train"], "epochs": epochs,
            "val": config["data"]["val"], "normalize": config["data"]["normalize"],
-           "seed": config["train"]["seed"], "data_dir": data_dir, "threads": threads,
+           "seed": seed, "data_dir": data_dir, "threads": threads,
            "dataset": config["data"]["dataset"]}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run([str(python), str(ROOT / "bench" / "keras_side.py")],
@@ -74,16 +77,24 @@ def run_keras(python: Path, config: dict, epochs: int, data_dir: str | None,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_fashionlab(recipe: str, epochs: int, data_dir: str | None, out: Path,
+def run_fashionlab(recipe: str, epochs: int, seed: int, data_dir: str | None, out: Path,
                    overrides: list[str]) -> dict:
     from fashionlab import runs
     from fashionlab.train import train
 
-    run_dir = train(recipe, flags={"train.epochs": epochs}, data_dir=data_dir,
-                    out=str(out), quiet=True, overrides=overrides)
+    run_dir = train(recipe, flags={"train.epochs": epochs, "train.seed": seed},
+                    data_dir=data_dir, out=str(out), quiet=True, overrides=overrides)
     run = runs.load_run(run_dir)
     return {"seconds": [row["seconds"] for row in run.history],
             "test_accuracy": run.metrics["test_accuracy"]}
+
+
+def percent(values: list[float]) -> str:
+    """Test accuracies as a percentage: mean +- std over seeds, or the one value."""
+    from fashionlab import stats
+
+    mean, std = stats.mean_std([100 * v for v in values])
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS),
                    help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--epochs", type=int, default=0, help="epochs per model (0 = the recipe's)")
+    p.add_argument("--seeds", default="",
+                   help="comma-separated seeds, each model trained once per seed on each side "
+                   "(default: the recipe's seed)")
     p.add_argument("--max-epochs-002-cnn", type=int, default=1)
     p.add_argument("--cnn002-images", type=int, default=2000,
                    help="002-cnn trains on this many images, validates on 500 of them "
@@ -101,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         p.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    if 0 < args.cnn002_images <= 500:
+        p.error("--cnn002-images must be over 500: 500 of them are the validation set")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else []
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers, not {args.seeds!r}")
 
     from fashionlab import config as cfg
     from fashionlab import hardware
@@ -112,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     python = keras_python()
     cpu = hardware.cpu_description()
     print(f"CPU: {cpu}; load average {os.getloadavg()[0]:.1f}", flush=True)
-    rows, slower = [], []
+    rows, per_seed, slower, tensorflow = [], [], [], "?"
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
             recipe = MODELS[name]
@@ -126,27 +146,45 @@ def main(argv: list[str] | None = None) -> int:
                     overrides = ["data.val=first:500", "data.dataset=any"]
                     note = f" ({args.cnn002_images} train images)"
                     config = cfg.resolve(recipe, overrides=overrides)
-            sides = {}
-            for side in (("keras", "fashionlab") if i % 2 == 0 else ("fashionlab", "keras")):
-                if side == "keras":
-                    sides[side] = run_keras(python, config, epochs, data_dir, threads)
-                else:
-                    sides[side] = run_fashionlab(recipe, epochs, data_dir, Path(tmp), overrides)
-            k, f = (statistics.median(sides[s]["seconds"]) for s in ("keras", "fashionlab"))
+            seconds = {"keras": [], "fashionlab": []}
+            accuracy = {"keras": [], "fashionlab": []}
+            for j, seed in enumerate(seeds or [config["train"]["seed"]]):
+                order = ("keras", "fashionlab") if (i + j) % 2 == 0 else ("fashionlab", "keras")
+                for side in order:
+                    if side == "keras":
+                        done = run_keras(python, config, epochs, seed, data_dir, threads)
+                        tensorflow = done.get("tensorflow", tensorflow)
+                    else:
+                        done = run_fashionlab(recipe, epochs, seed, data_dir, Path(tmp),
+                                              overrides)
+                    seconds[side] += done["seconds"]
+                    accuracy[side].append(done["test_accuracy"])
+                line = (f"| {name} | {seed} | {100 * accuracy['keras'][-1]:.2f} "
+                        f"| {100 * accuracy['fashionlab'][-1]:.2f} |")
+                per_seed.append(line)
+                print(line, flush=True)
+            k, f = (statistics.median(seconds[s]) for s in ("keras", "fashionlab"))
+            gap = 100 * (statistics.mean(accuracy["fashionlab"])
+                         - statistics.mean(accuracy["keras"]))
             row = (f"| {name}{note} | {recipe} | {epochs} | {k:.1f} | {f:.1f} | {k / f:.2f}x "
-                   f"| {sides['keras']['test_accuracy']:.4f} "
-                   f"| {sides['fashionlab']['test_accuracy']:.4f} |")
+                   f"| {percent(accuracy['keras'])} | {percent(accuracy['fashionlab'])} "
+                   f"| {gap:+.2f} |")
             rows.append(row)
             print(row, flush=True)
             if f > k:
                 slower.append(name)
+    n = len(seeds) or 1
+    over = f"mean ± std over {n} seeds ({args.seeds})" if n > 1 else "one seed, the recipe's"
     table = "\n".join([
         f"CPU: {cpu}. {datetime.date.today()}, torch {torch.__version__}, "
-        f"TensorFlow {sides['keras'].get('tensorflow', '?')}; seconds per epoch are medians "
-        "over epochs and include the validation pass.", "",
+        f"TensorFlow {tensorflow}; seconds per epoch are medians over epochs (and seeds) and "
+        f"include the validation pass; test accuracy in %, {over}.", "",
         "| model | recipe | epochs | tf.keras s/epoch | fashionlab s/epoch | speed-up "
-        "| tf.keras test acc | fashionlab test acc |",
-        "|---|---|---|---|---|---|---|---|", *rows])
+        "| tf.keras test % | fashionlab test % | difference |",
+        "|---|---|---|---|---|---|---|---|---|", *rows])
+    if n > 1:
+        table += "\n\nPer seed:\n\n| model | seed | tf.keras test % | fashionlab test % |\n"
+        table += "|---|---|---|---|\n" + "\n".join(per_seed)
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,20 @@ def test_vs_keras_rejects_an_unknown_model():
     assert done.value.code == 2
 
 
+@pytest.mark.parametrize("args", [["--seeds", "1,x"], ["--cnn002-images", "500"]])
+def test_vs_keras_rejects_bad_arguments_before_training(args, capsys):
+    with pytest.raises(SystemExit) as done:
+        _load("vs_keras").main(args)
+    assert done.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_vs_keras_gives_accuracy_as_mean_and_sample_std_over_seeds():
+    percent = _load("vs_keras").percent
+    assert percent([0.9]) == "90.00"
+    assert percent([0.90, 0.92, 0.91]) == "91.00 ± 1.00"
+
+
 def test_keras_side_translates_every_layer_type():
     """Without TensorFlow: a stand-in `keras` records which layer each table becomes."""
     side = _load("keras_side")
