@@ -34,6 +34,9 @@ MODELS = {  # report model -> fashionlab recipe
     "001-fc": "duan-fc", "001-lenet5": "duan-lenet5",
     "002-fc": "korssjoen-fc", "002-cnn": "korssjoen-cnn-maxpool",
 }
+# what --set may change: settings bench/keras_side.py translates to Keras
+SETTABLE = {"train.optimizer": ("adam", "sgd", "rmsprop"), "train.lr": None,
+            "train.momentum": None, "train.nesterov": None, "train.batch_size": None}
 
 
 def keras_python() -> Path:
@@ -105,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="",
                    help="comma-separated seeds, each model trained once per seed on each side "
                    "(default: the recipe's seed)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"change a setting on both sides (one of {', '.join(SETTABLE)}), "
+                   "e.g. to see whether an accuracy gap follows the optimizer")
     p.add_argument("--max-epochs-002-cnn", type=int, default=1)
     p.add_argument("--cnn002-images", type=int, default=2000,
                    help="002-cnn trains on this many images, validates on 500 of them "
@@ -117,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     if 0 < args.cnn002_images <= 500:
         p.error("--cnn002-images must be over 500: 500 of them are the validation set")
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SETTABLE or (SETTABLE[key] and value not in SETTABLE[key]):
+            p.error(f"--set {item!r}: bench/keras_side.py translates only "
+                    + ", ".join(f"{k}={'|'.join(v)}" if v else k for k, v in SETTABLE.items()))
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else []
     except ValueError:
@@ -124,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from fashionlab import config as cfg
     from fashionlab import hardware
+    from fashionlab.errors import UserError
 
+    try:
+        for name in names:
+            cfg.resolve(MODELS[name], overrides=args.set)
+    except UserError as e:
+        p.error(str(e))
     hardware.configure_threads()
     import torch
 
@@ -136,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
             recipe = MODELS[name]
-            config = cfg.resolve(recipe)
+            config = cfg.resolve(recipe, overrides=args.set)
             epochs = args.epochs or config["train"]["epochs"]
-            data_dir, overrides, note = None, [], ""
+            data_dir, overrides, note = None, list(args.set), ""
             if name == "002-cnn":
                 epochs = min(epochs, args.max_epochs_002_cnn)
                 if args.cnn002_images:
                     data_dir = str(subset_dir(Path(tmp) / "subset", args.cnn002_images, 1000))
-                    overrides = ["data.val=first:500", "data.dataset=any"]
+                    overrides += ["data.val=first:500", "data.dataset=any"]
                     note = f" ({args.cnn002_images} train images)"
                     config = cfg.resolve(recipe, overrides=overrides)
             seconds = {"keras": [], "fashionlab": []}

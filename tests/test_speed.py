@@ -110,7 +110,7 @@ def _load(name: str):
 
 
 @pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab",
-                                  "convs", "loop_overhead"])
+                                  "convs", "loop_overhead", "keras_order"])
 def test_bench_scripts_show_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         _load(name).main(["--help"])
@@ -145,7 +145,9 @@ def test_vs_keras_rejects_an_unknown_model():
     assert done.value.code == 2
 
 
-@pytest.mark.parametrize("args", [["--seeds", "1,x"], ["--cnn002-images", "500"]])
+@pytest.mark.parametrize("args", [["--seeds", "1,x"], ["--cnn002-images", "500"],
+                                  ["--set", "train.optimizer=adamw"],
+                                  ["--set", "train.schedule=cosine"], ["--set", "train.lr=abc"]])
 def test_vs_keras_rejects_bad_arguments_before_training(args, capsys):
     with pytest.raises(SystemExit) as done:
         _load("vs_keras").main(args)
