@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashionlab.errors import UserError
 
     try:
-        for name in names:
-            cfg.resolve(MODELS[name], overrides=args.set)
+        configs = {name: cfg.resolve(MODELS[name], overrides=args.set) for name in names}
     except UserError as e:
         p.error(str(e))
     hardware.configure_threads()
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
             recipe = MODELS[name]
-            config = cfg.resolve(recipe, overrides=args.set)
+            config = configs[name]
             epochs = args.epochs or config["train"]["epochs"]
             data_dir, overrides, note = None, list(args.set), ""
             if name == "002-cnn":
@@ -191,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             if f > k:
                 slower.append(name)
     n = len(seeds) or 1
-    over = f"mean ± std over {n} seeds ({args.seeds})" if n > 1 else "one seed, the recipe's"
+    over = (f"mean ± std over {n} seeds ({args.seeds})" if n > 1
+            else f"seed {seeds[0]}" if seeds else "one seed, the recipe's")
     table = "\n".join([
         f"CPU: {cpu}. {datetime.date.today()}, torch {torch.__version__}, "
         f"TensorFlow {tensorflow}; seconds per epoch are medians over epochs (and seeds) and "
