@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             steps["channels_last"] = make_step(config, True)
         if args.compile:
             steps["compiled"] = make_step(config, False, compiled=True)
+            if net.is_conv:
+                steps["compiled_channels_last"] = make_step(config, True, compiled=True)
         ms = time_rounds(steps, args.steps, args.rounds, threads)
         batch = config["train"]["batch_size"]
         shown = "  ".join(f"{k} {v:.2f} ms ({batch / v * 1000:.0f} img/s)" for k, v in ms.items())

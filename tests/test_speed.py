@@ -110,7 +110,7 @@ def _load(name: str):
 
 
 @pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab",
-                                  "convs", "loop_overhead", "keras_order"])
+                                  "convs", "loop_overhead", "keras_order", "tta_views"])
 def test_bench_scripts_show_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         _load(name).main(["--help"])
@@ -191,3 +191,30 @@ def test_keep_freed_memory_yields_to_the_users_setting(monkeypatch):
         hardware.keep_freed_memory.cache_clear()
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     assert hardware.keep_freed_memory() is (hardware.platform.system() == "Linux")
+
+
+def test_tta_views_shift_moves_the_image_and_blacks_the_edge():
+    shift = _load("tta_views").shift
+    x = torch.arange(1, 10, dtype=torch.uint8).reshape(1, 3, 3)
+    assert shift(x, 1, 0).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
+    assert shift(x, 0, -1).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
+    assert torch.equal(shift(x, 0, 0), x)
+
+
+def test_tta_views_flip_view_scores_what_tta_flip_scores(tiny_run):
+    """The "flip" column must be the recipe's own test-time flip, or the table compares the
+    extra views against something else."""
+    from fashionlab import inference
+
+    trained = inference.load_trained(tiny_run, "fp32")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 10, (40,), generator=gen)
+    trained.config["train"]["tta_flip"] = True
+    expected = {"flip": (trained.logits(x).argmax(1) == y).float().mean().item() * 100}
+    trained.config["train"]["tta_flip"] = False
+    expected["alone"] = (trained.logits(x).argmax(1) == y).float().mean().item() * 100
+    got = _load("tta_views").view_accuracies(trained, x, y)
+    assert list(got) == ["alone", "flip", "flip+shift4", "flip+shift8"]
+    assert got["alone"] == pytest.approx(expected["alone"])
+    assert got["flip"] == pytest.approx(expected["flip"])
