@@ -11,6 +11,7 @@ import ctypes
 import os
 import platform
 import sys
+import time
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -94,18 +95,39 @@ def autocast(dev: torch.device, precision: str) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
+def others_running(looks: int = 5, gap: float = 0.01) -> int | None:
+    """Runnable threads of other processes right now: the fewest of a few looks at the kernel's
+    count (Linux /proc/loadavg), so one passing process is not taken for a busy machine.
+    None where there is no such count."""
+    counts = []
+    try:
+        for i in range(looks):
+            if i:
+                time.sleep(gap)
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # minus this one
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, min(counts))
+
+
 @cache
 def thread_count() -> int:
-    """One intra-op thread per usable core, or one thread when the machine is already busy.
+    """One intra-op thread per core that no other process is using, at least one.
 
     Every op ends at an OpenMP barrier; when other processes keep the cores busy, one of our
     threads is often descheduled and the other waits a whole time slice for it. Measured on
     AMD EPYC (AVX2, 2 cores) at load average 16: a batch-32 step took 10-17x longer with 2
-    threads than with 1 (docs/speed.md). Decided once per process, before we add load: the
-    load average lags by a minute, so asking again later would count our own work.
+    threads than with 1 (docs/speed.md). The kernel's count of runnable threads says what is
+    busy now; the 1-minute load average, used only where that count is missing, still reads
+    about 2 for a minute after a 2-core job ends, which made the next run on the idle machine
+    take one thread. Decided once per process, before we add work of our own.
     """
     cores = usable_cores()
-    return 1 if cores > 1 and os.getloadavg()[0] >= cores else cores
+    others = others_running()
+    if others is None:
+        return 1 if cores > 1 and os.getloadavg()[0] >= cores else cores
+    return max(1, cores - others)
 
 
 @cache

@@ -53,16 +53,51 @@ def test_channels_last_rule():
     assert not hardware.use_channels_last("on", False)
 
 
-@pytest.mark.parametrize("load, cores, expected", [(0.3, 2, 2), (1.9, 2, 2), (2.0, 2, 1),
-                                                   (16.0, 2, 1), (5.0, 1, 1), (3.0, 8, 8)])
-def test_threads_drop_to_one_on_a_busy_machine(monkeypatch, load, cores, expected):
-    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (load, load, load))
+@pytest.mark.parametrize("others, cores, expected", [(0, 2, 2), (1, 2, 1), (2, 2, 1), (15, 2, 1),
+                                                     (0, 1, 1), (3, 8, 5), (0, 8, 8)])
+def test_threads_use_the_cores_no_one_else_is_using(monkeypatch, others, cores, expected):
+    # A load average of 2.0 is what a 2-core job leaves for a minute after it ends: it must
+    # not matter when the kernel says what is running now.
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    monkeypatch.setattr(hardware, "others_running", lambda: others)
     monkeypatch.setattr(hardware, "usable_cores", lambda: cores)
     hardware.thread_count.cache_clear()
     try:
         assert hardware.thread_count() == expected
     finally:
         hardware.thread_count.cache_clear()
+
+
+@pytest.mark.parametrize("load, cores, expected", [(0.3, 2, 2), (1.9, 2, 2), (2.0, 2, 1),
+                                                   (16.0, 2, 1), (5.0, 1, 1), (3.0, 8, 8)])
+def test_threads_fall_back_to_the_load_average_without_proc(monkeypatch, load, cores, expected):
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(hardware, "others_running", lambda: None)
+    monkeypatch.setattr(hardware, "usable_cores", lambda: cores)
+    hardware.thread_count.cache_clear()
+    try:
+        assert hardware.thread_count() == expected
+    finally:
+        hardware.thread_count.cache_clear()
+
+
+def test_others_running_reads_the_kernels_count(monkeypatch, tmp_path):
+    real = hardware.others_running(looks=1)
+    assert real is None or real >= 0  # None only where /proc/loadavg is missing
+    if Path("/proc/loadavg").exists():
+        assert isinstance(real, int)
+    looks = iter(["2.00 2.00 1.50 4/300 99\n", "2.00 2.00 1.50 2/300 99\n",
+                  "2.00 2.00 1.50 3/300 99\n"])
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/loadavg":
+            (tmp_path / "loadavg").write_text(next(looks))
+            return real_open(tmp_path / "loadavg", *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert hardware.others_running(looks=3, gap=0) == 1  # the fewest, less this process
 
 
 @pytest.mark.parametrize("recipe", ["fast", "best", "duan-lenet5"])
@@ -110,7 +145,7 @@ def _load(name: str):
 
 
 @pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab",
-                                  "convs", "loop_overhead", "keras_order", "tta_views"])
+                                  "convs", "loop_overhead", "keras_order", "tta_views", "threads"])
 def test_bench_scripts_show_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         _load(name).main(["--help"])
