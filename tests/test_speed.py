@@ -53,32 +53,29 @@ def test_channels_last_rule():
     assert not hardware.use_channels_last("on", False)
 
 
+def _thread_count(monkeypatch, load: float, others: int | None, cores: int) -> int:
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(hardware, "others_running", lambda: others)
+    monkeypatch.setattr(hardware, "usable_cores", lambda: cores)
+    hardware.thread_count.cache_clear()
+    try:
+        return hardware.thread_count()
+    finally:
+        hardware.thread_count.cache_clear()
+
+
 @pytest.mark.parametrize("others, cores, expected", [(0, 2, 2), (1, 2, 1), (2, 2, 1), (15, 2, 1),
                                                      (0, 1, 1), (3, 8, 5), (0, 8, 8)])
 def test_threads_use_the_cores_no_one_else_is_using(monkeypatch, others, cores, expected):
     # A load average of 2.0 is what a 2-core job leaves for a minute after it ends: it must
     # not matter when the kernel says what is running now.
-    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
-    monkeypatch.setattr(hardware, "others_running", lambda: others)
-    monkeypatch.setattr(hardware, "usable_cores", lambda: cores)
-    hardware.thread_count.cache_clear()
-    try:
-        assert hardware.thread_count() == expected
-    finally:
-        hardware.thread_count.cache_clear()
+    assert _thread_count(monkeypatch, 2.0, others, cores) == expected
 
 
 @pytest.mark.parametrize("load, cores, expected", [(0.3, 2, 2), (1.9, 2, 2), (2.0, 2, 1),
                                                    (16.0, 2, 1), (5.0, 1, 1), (3.0, 8, 8)])
 def test_threads_fall_back_to_the_load_average_without_proc(monkeypatch, load, cores, expected):
-    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(hardware, "others_running", lambda: None)
-    monkeypatch.setattr(hardware, "usable_cores", lambda: cores)
-    hardware.thread_count.cache_clear()
-    try:
-        assert hardware.thread_count() == expected
-    finally:
-        hardware.thread_count.cache_clear()
+    assert _thread_count(monkeypatch, load, None, cores) == expected
 
 
 def test_others_running_reads_the_kernels_count(monkeypatch, tmp_path):
