@@ -35,11 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         time.sleep(1.0 if workers else 0.0)
         cores = hardware.usable_cores()
-        load = os.getloadavg()[0]
-        old = 1 if cores > 1 and load >= cores else cores
         print(f"CPU: {hardware.cpu_name()}, {cores} usable cores; {args.busy} spinning "
-              f"processes started; load average {load:.2f}; other runnable threads now: "
-              f"{hardware.others_running()}; load-average rule: {old} thread(s); "
+              f"processes started; load average {os.getloadavg()[0]:.2f}; other runnable "
+              f"threads now: {hardware.others_running()}; load-average rule: "
+              f"{hardware.threads_by_load_average(cores)} thread(s); "
               f"fashionlab: {hardware.thread_count()} thread(s)")
     finally:
         for w in workers:

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.runs:
         trained = inference.load_trained(path, "fp32")
         dataset = trained.config["data"]["dataset"]
-        ds = cache.setdefault(dataset, data.load(dataset=dataset))
+        if dataset not in cache:
+            cache[dataset] = data.load(dataset=dataset)
+        ds = cache[dataset]
         if args.split == "test":
             x, y = ds.test_x, ds.test_y
         else:

@@ -125,9 +125,13 @@ def thread_count() -> int:
     """
     cores = usable_cores()
     others = others_running()
-    if others is None:
-        return 1 if cores > 1 and os.getloadavg()[0] >= cores else cores
-    return max(1, cores - others)
+    return threads_by_load_average(cores) if others is None else max(1, cores - others)
+
+
+def threads_by_load_average(cores: int) -> int:
+    """The rule where the kernel gives no count: one thread once the 1-minute load average
+    reaches the core count, else one per core."""
+    return 1 if cores > 1 and os.getloadavg()[0] >= cores else cores
 
 
 @cache
