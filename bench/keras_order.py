@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 
-def orders(fit_args: tuple, fit_kwargs: dict, keras, tf) -> list[list[int]]:
+def orders(fit_args: tuple, fit_kwargs: dict, keras, tf, epochs: int = 3) -> list[list[int]]:
     """The first item of each batch the model trained on, per epoch."""
     seen: list[int] = []
 
@@ -33,8 +33,9 @@ def orders(fit_args: tuple, fit_kwargs: dict, keras, tf) -> list[list[int]]:
 
     model = keras.Sequential([keras.Input((1,)), Record(), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
-    model.fit(*fit_args, epochs=3, verbose=0, **fit_kwargs)
-    return [seen[i:i + 4] for i in range(0, 12, 4)]
+    model.fit(*fit_args, epochs=epochs, verbose=0, **fit_kwargs)
+    per_epoch = len(seen) // epochs
+    return [seen[i:i + per_epoch] for i in range(0, len(seen), per_epoch)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,12 @@ import torch
 
 from fashionlab import data, hardware, inference
 
-OFFSETS = {
-    "alone": [(0, 0)],
-    "flip": [(0, 0)],
-    "flip+shift4": [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)],
-    "flip+shift8": [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)],
+SHIFTS8 = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+VIEWS = {  # name: (pixel offsets, mirror too)
+    "alone": ([(0, 0)], False),
+    "flip": ([(0, 0)], True),
+    "flip+shift4": ([(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)], True),
+    "flip+shift8": (SHIFTS8, True),
 }
 
 
@@ -38,13 +39,13 @@ def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 def view_accuracies(trained: inference.Trained, x: torch.Tensor, y: torch.Tensor
                     ) -> dict[str, float]:
+    """Accuracy % per view; turns the run's own tta_flip off so each view is only its own."""
     trained.config["train"]["tta_flip"] = False
     z = {(dx, dy, f): trained.logits(shift(x, dx, dy).flip(-1) if f else shift(x, dx, dy))
-         for dx, dy in OFFSETS["flip+shift8"] for f in (False, True)}
+         for dx, dy in SHIFTS8 for f in (False, True)}
     out = {}
-    for view, offsets in OFFSETS.items():
-        flips = (False,) if view == "alone" else (False, True)
-        total = sum(z[(dx, dy, f)] for dx, dy in offsets for f in flips)
+    for view, (offsets, mirror) in VIEWS.items():
+        total = sum(z[(dx, dy, f)] for dx, dy in offsets for f in (False, True)[:1 + mirror])
         out[view] = 100 * (total.argmax(1) == y).float().mean().item()
     return out
 
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     hardware.configure_threads()
     print(f"CPU: {hardware.cpu_description()}, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"| run | split | {' | '.join(OFFSETS)} |")
-    print(f"|---|---|{'---|' * len(OFFSETS)}")
+    print(f"| run | split | {' | '.join(VIEWS)} |")
+    print(f"|---|---|{'---|' * len(VIEWS)}")
     cache: dict[str, data.DataSet] = {}
     for path in args.runs:
         trained = inference.load_trained(path, "fp32")
