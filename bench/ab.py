@@ -1,4 +1,4 @@
-"""A/B timings behind defaults: allocator, fused optimizers, penalties, ReLU, DFT convolutions.
+"""A/B timings behind defaults: allocator, fused optimizers, penalties, ReLU, convolutions.
 
     nice .venv/bin/python bench/ab.py alloc weil-cnn duan-lenet5
     nice .venv/bin/python bench/ab.py optimizer weil-fc
@@ -6,6 +6,7 @@
     nice .venv/bin/python bench/ab.py relu weil-cnn fast
     .venv/bin/python bench/ab.py conv korssjoen-cnn-maxpool --threads 2
     .venv/bin/python bench/ab.py pool weil-cnn --threads 2 --steps 100 --rounds 7
+    .venv/bin/python bench/ab.py im2col weil-cnn --threads 2 --steps 100 --rounds 7
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -132,9 +133,43 @@ def pool_variants(config: dict) -> dict:
             "fused": make_step(config, True, rewrite=_fuse_relu_pool)}
 
 
+class _Im2colConv2d(torch.nn.Conv2d):
+    """A convolution of a one-channel image as one matmul of its k x k patches (rows: output
+    pixels, columns: kh kw taps) with the kernels: the product comes out channels-last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o, c, kh, kw = self.weight.shape
+        ph, pw = self.padding
+        xp = torch.nn.functional.pad(x, (pw, pw, ph, ph))
+        b, ho, wo = x.shape[0], xp.shape[2] - kh + 1, xp.shape[3] - kw + 1
+        cols = xp.unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(
+            b * ho * wo, c * kh * kw)
+        w = self.weight.reshape(o, -1).t()
+        y = cols @ w if self.bias is None else torch.addmm(self.bias, cols, w)
+        return y.view(b, ho, wo, o).permute(0, 3, 1, 2)
+
+
+def _im2col_first_conv(module: torch.nn.Module) -> torch.nn.Module:
+    for m in module.modules():
+        if (type(m) is torch.nn.Conv2d and m.in_channels == 1 and m.stride == (1, 1)
+                and m.groups == 1 and not isinstance(m.padding, str)):
+            m.__class__ = _Im2colConv2d
+    return module
+
+
+def im2col_variants(config: dict) -> dict:
+    """The first (one-channel) convolution in oneDNN vs as one im2col matmul, channels-last,
+    with the allocator settings training uses."""
+    from fashionlab import hardware
+
+    hardware.keep_freed_memory()
+    return {"onednn": make_step(config, True),
+            "im2col": make_step(config, True, rewrite=_im2col_first_conv)}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
             "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
-            "pool": pool_variants}
+            "pool": pool_variants, "im2col": im2col_variants}
 
 
 def main(argv: list[str] | None = None) -> None:
