@@ -152,6 +152,19 @@ def test_bench_scripts_show_help(name, capsys):
     assert "usage" in capsys.readouterr().out
 
 
+def _outputs_and_grads(*modules: torch.nn.Module) -> list:
+    """Each module's output on one float64 batch, and its parameters' gradients of the output's
+    sum of squares: what an A/B in bench/ab.py must leave unchanged."""
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    results = []
+    for m in modules:
+        m.zero_grad(set_to_none=True)
+        out = m(x)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    return results
+
+
 def test_ab_fused_relu_pool_computes_what_the_separate_layers_do():
     """bench/ab.py pool times a fused ReLU + average pool against the net's own layers: the
     two must give the same outputs and gradients, or the timing compares different work."""
@@ -161,17 +174,9 @@ def test_ab_fused_relu_pool_computes_what_the_separate_layers_do():
     module = net.module.double()
     fused = ab._fuse_relu_pool(module)
     assert sum(isinstance(m, ab._FusedReluAvgPool) for m in fused) == 2
-    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
-    results = []
-    for m in (module, fused):
-        m.zero_grad(set_to_none=True)
-        out = m(x)
-        out.square().sum().backward()
-        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
-    (a, ga), (b, gb) = results
+    (a, ga), (b, gb) = _outputs_and_grads(module, fused)
     assert torch.equal(a, b)
     assert all(torch.allclose(u, v, rtol=0, atol=1e-12) for u, v in zip(ga, gb, strict=True))
-
 
 
 def test_ab_im2col_first_conv_computes_what_onednn_does():
@@ -183,17 +188,13 @@ def test_ab_im2col_first_conv_computes_what_onednn_does():
     other = copy.deepcopy(plain)
     ab._im2col_first_conv(other)
     assert sum(type(m) is ab._Im2colConv2d for m in other.modules()) == 1
-    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
-    results = []
-    for m in (plain, other):
-        out = m(x)
-        out.square().sum().backward()
-        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
-    (a, ga), (b, gb) = results
+    (a, ga), (b, gb) = _outputs_and_grads(plain, other)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
     assert all(torch.allclose(u, v, rtol=0, atol=1e-9) for u, v in zip(ga, gb, strict=True))
     first = next(m for m in other.modules() if type(m) is ab._Im2colConv2d)
-    assert first(x).is_contiguous(memory_format=torch.channels_last)
+    assert first(torch.randn(2, 1, 28, 28, dtype=torch.float64)).is_contiguous(
+        memory_format=torch.channels_last)
+
 
 def test_vs_keras_rejects_an_unknown_model():
     with pytest.raises(SystemExit) as done:
