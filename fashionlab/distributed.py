@@ -25,6 +25,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from fashionlab import hardware
 from fashionlab.errors import UserError
 
 
@@ -34,9 +35,16 @@ def setup() -> tuple[int, int]:
         raise UserError("--distributed needs torchrun, e.g. torchrun --nproc-per-node 2 "
                         "-m fashionlab train RECIPE --distributed")
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        gpu = hardware.device().type == "cuda"
+        if gpu:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            if per_node > torch.cuda.device_count():
+                raise UserError(f"torchrun started {per_node} processes on this node but it "
+                                f"has {torch.cuda.device_count()} GPU(s): one process per GPU "
+                                "(--nproc-per-node), or FASHIONLAB_DEVICE=cpu to use the CPU")
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if gpu else "gloo")
         atexit.register(cleanup)
     return rank_world()
 

@@ -15,6 +15,8 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING
 
+from fashionlab.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -63,20 +65,36 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def device() -> torch.device:
+    """The GPU when one is visible, else the CPU; $FASHIONLAB_DEVICE (auto, cpu, cuda) chooses,
+    so a GPU machine can still run the CPU path, and every command agrees on the choice."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    wanted = os.environ.get("FASHIONLAB_DEVICE", "auto") or "auto"
+    if wanted not in DEVICES:
+        raise UserError(f"FASHIONLAB_DEVICE={wanted!r} is not one of {', '.join(DEVICES)}")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for (--device or FASHIONLAB_DEVICE) but "
+                        f"PyTorch {torch.__version__} sees no CUDA GPU")
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(wanted)
 
 
 def resolve_precision(requested: str, dev: torch.device) -> str:
-    """'auto' -> bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere."""
-    import torch
+    """'auto' -> bf16 on CPUs with native bf16, fp32 elsewhere.
 
+    On CUDA too: these nets are small enough that a step is bound by kernel launches, and
+    autocast adds a cast kernel per layer, so on an H200 a training step under bf16 took as
+    long as TF32's or up to 1.4x longer for every recipe timed (docs/speed.md, bench/gpu.py).
+    `--precision bf16` is there for nets big enough to gain from it."""
     if requested != "auto":
         return requested
     if dev.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "fp32"
     return "bf16" if any(f in cpu_flags() for f in FAST_BF16_FLAGS) else "fp32"
 
 

@@ -214,7 +214,7 @@ def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
     """The reproduction table with what a reader needs to trust it: machine, date, command."""
     load = os.getloadavg()[0]
     # where the runs trained (a reused or resumed run may predate this process), else here
-    machine = "; ".join(sorted({runs.read_info(p).get("cpu") or "?" for r in rows
+    machine = "; ".join(sorted({runs.machine(runs.read_info(p)) for r in rows
                                 for p in r.runs})) or hardware.cpu_description()
     lines = [f"## {title}", "",
              f"- command: `{command}`",

@@ -147,6 +147,12 @@ def read_info(path: Path) -> dict[str, Any]:
         raise RunError(f"{path}/run.json is unreadable ({e})") from None
 
 
+def machine(info: dict[str, Any]) -> str:
+    """Where a run trained, as its run.json says: the CPU, and the GPU when it used one."""
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    return (info.get("cpu") or "?") + gpu
+
+
 def update_info(path: Path, **fields: Any) -> None:
     info = read_info(path)
     info.update(fields)

@@ -175,6 +175,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
             "config_digest": cfg.digest(config), "device": str(dev),
             "precision": precision, "dft_convs": dft_convs,
             "cpu": hardware.cpu_description(),
+            **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {}),
             "torch": torch.__version__, "params": net.params, "pid": os.getpid(),
             "world_size": distributed.rank_world()[1],
             "data": {"source": ds.source, "path": str(Path(ds.path).resolve()),

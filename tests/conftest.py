@@ -22,6 +22,8 @@ needs_real_data = pytest.mark.skipif(
 # Tests share 2 cores with a parallel worker: one thread each keeps timings sane.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The same numbers on every machine: a GPU, where there is one, is for tests/test_gpu.py.
+os.environ["FASHIONLAB_DEVICE"] = "cpu"
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fashionlab.cli import add_data_dir
 from fashionlab.cli.plot import after_run
+from fashionlab.hardware import DEVICES
 
 FLAGS = {  # option -> config key
     "epochs": "train.epochs", "batch_size": "train.batch_size", "optimizer": "train.optimizer",
@@ -31,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--engine", choices=["torch", "numpy"])
+    p.add_argument("--device", choices=DEVICES, help="where to train (default: "
+                   "$FASHIONLAB_DEVICE, else auto: the GPU when PyTorch sees one)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. train.lr=0.01 or model.layers.1.units=512")
     p.add_argument("--out", metavar="DIR", help="parent folder of the run folder (default runs/)")
@@ -59,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if source is not None and args.resume is not None:
         raise UserError("--resume continues a run with its saved config: drop RECIPE|FILE "
                         "(options and --set still apply, with --force)")
+    if args.device:  # the env var carries the choice to every part, and to torchrun's ranks
+        os.environ["FASHIONLAB_DEVICE"] = args.device
     finished = args.resume is not None and load_run(args.resume, require_finished=False).finished
     if finished:
         print(f"{args.resume} is already finished; nothing to resume", file=sys.stderr)
