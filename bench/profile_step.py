@@ -22,35 +22,43 @@ from fashionlab import convs, hardware, models, optim
 from fashionlab.inference import as_input
 
 
-def make_step(config: dict, channels_last: bool, compiled: bool = False, make_optimizer=None,
-              penalty: str = "direct", relu_in_place: bool = True, conv: str = "auto",
-              rewrite=None):
+def make_step(config: dict, channels_last: bool, compiled: bool | str = False,
+              make_optimizer=None, penalty: str = "direct", relu_in_place: bool = True,
+              conv: str = "auto", rewrite=None, dev: torch.device | None = None,
+              precision: str = "fp32"):
     """One training step as a closure; make_optimizer(params, train) replaces fashionlab's.
 
+    compiled: torch.compile the module, True for the default mode or a mode's name.
     penalty: how kernel penalties enter, "direct" (fashionlab's), "autograd" or "none".
-    relu_in_place=False undoes models.build's in-place ReLUs; conv is train.conv (fp32, CPU);
+    relu_in_place=False undoes models.build's in-place ReLUs; conv is train.conv;
     rewrite(module) -> module swaps layers for an alternative being timed.
+    dev and precision: where the model and data live (CPU by default) and the autocast.
     """
+    dev = dev or torch.device("cpu")
     torch.manual_seed(0)
     net = models.build(config["model"]["layers"])
     module = rewrite(net.module) if rewrite else net.module
     for m in module.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = m.inplace and relu_in_place
-    convs.convert(module, conv, torch.device("cpu"), "fp32")
+    convs.convert(module, conv, dev, precision)
+    module = module.to(dev)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     opt = (make_optimizer or optim.make_optimizer)(module.parameters(), config["train"])
-    fwd = torch.compile(module) if compiled else module
+    mode = compiled if isinstance(compiled, str) else None
+    fwd = torch.compile(module, mode=mode) if compiled else module
     batch = config["train"]["batch_size"]
-    images = torch.randint(0, 256, (batch * 8, 1, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (batch * 8,))
+    images = torch.randint(0, 256, (batch * 8, 1, 28, 28), dtype=torch.uint8, device=dev)
+    labels = torch.randint(0, 10, (batch * 8,), device=dev)
     state = {"i": 0}
 
     def step() -> None:
         i = state["i"] = (state["i"] + 1) % 8
         x = as_input(images[i * batch:(i + 1) * batch].float(), config, channels_last)
-        loss = F.cross_entropy(fwd(x), labels[i * batch:(i + 1) * batch])
+        with hardware.autocast(dev, precision):
+            z = fwd(x)
+        loss = F.cross_entropy(z.float(), labels[i * batch:(i + 1) * batch])
         if net.penalties and penalty == "autograd":
             loss = loss + models.penalty(net)
         opt.zero_grad(set_to_none=True)

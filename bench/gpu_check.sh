@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The CUDA path end to end on a GPU machine whose python3 has PyTorch with CUDA: frontier runs
+# under fp32 (TF32) and bf16 autocast, step timings (bench/gpu.py), the test suite with the
+# GPU visible, and runs too slow for a 2-core CPU. Beside them, on two cores of the host CPU
+# that the GPU steps leave alone, `fast` as a 2-core CPU run (its CPU class: see info.log).
+# Each step gets what is left of $BUDGET seconds and is skipped when it would not fit;
+# STEPS="name ..." runs some of them. Logs and run folders (no weights) go to $OUT/logs.tgz.
+#
+#   FASHIONLAB_DATA=/path/to/idx OUT=/tmp/gpu BUDGET=450 bash bench/gpu_check.sh
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+BUDGET=${BUDGET:-450}
+STEPS=" ${STEPS:-all} "
+LOGS=$(mktemp -d)
+RUNS=$(mktemp -d)
+GPU_CORES=2-$(($(nproc) - 1))  # cores 0 and 1 are the CPU run's
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+
+step() {  # NAME SECONDS-NEEDED COMMAND...
+  local name=$1 need=$2 left=$((BUDGET - SECONDS))
+  shift 2
+  [[ $STEPS == *" all "* || $STEPS == *" $name "* ]] || return 0
+  if ((left < need)); then
+    echo "== $name: skipped ($left s left, needs $need)"
+    return
+  fi
+  echo "== $name: $* ($(date -u +%T) UTC)"
+  local start=$SECONDS
+  timeout $((left - 5)) "$@" >"$LOGS/$name.log" 2>&1
+  echo "== $name: rc $? in $((SECONDS - start)) s"
+  grep -v '^\s*$' "$LOGS/$name.log" | tail -n "${TAIL:-6}"
+}
+
+GPU="taskset -c $GPU_CORES"
+
+TAIL=12 step info 10 bash -c 'nvidia-smi -L; lscpu | grep -E "Model name|Thread|Core|Socket";
+  lscpu -e | head -5; grep -o -w -E "amx_bf16|avx512_bf16|avx512f" /proc/cpuinfo | sort -u;
+  python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"'
+step cpu-fast 60 taskset -c 0,1 env OMP_NUM_THREADS=2 python3 -m fashionlab train fast \
+  --seed 1 --device cpu --out "$RUNS/cpu-fast" &
+step fast-bf16 60 $GPU python3 -m fashionlab train fast --seed 1 --precision bf16 --out "$RUNS/fast-bf16"
+step fast-fp32 60 $GPU python3 -m fashionlab train fast --seed 1 --precision fp32 --out "$RUNS/fast-fp32"
+TAIL=30 step steps 60 $GPU python3 bench/gpu.py fast best weil-cnn korssjoen-cnn-maxpool \
+  --compile fast --steps 50 --rounds 3
+TAIL=15 step tests 120 $GPU python3 -m pytest -q -n 4 -p no:cacheprovider -m "not slow" tests
+step avgpool 150 $GPU python3 -m fashionlab reproduce korssjoen-cnn-avgpool \
+  --set train.precision=fp32 -q --out "$RUNS/repro" -o "$LOGS/korssjoen-cnn-avgpool.md"
+step best-bf16 90 $GPU python3 -m fashionlab train best --seed 1 --precision bf16 --no-plots -q --out "$RUNS/best-bf16"
+step best-fp32 90 $GPU python3 -m fashionlab train best --seed 1 --precision fp32 --no-plots -q --out "$RUNS/best-fp32"
+step fast-seeds-bf16 60 $GPU python3 -m fashionlab train fast --seeds 2,3 --precision bf16 --no-plots -q \
+  --out "$RUNS/fast-seeds-bf16"
+step fast-seeds-fp32 60 $GPU python3 -m fashionlab train fast --seeds 2,3 --precision fp32 --no-plots -q \
+  --out "$RUNS/fast-seeds-fp32"
+wait
+
+find "$RUNS" \( -name '*.safetensors' -o -name 'checkpoint*' \) -delete
+tar czf "$OUT/logs.tgz" -C "$LOGS" . -C "$RUNS" .
+echo "== done in $SECONDS s"
