@@ -39,10 +39,9 @@ def test_unknown_device_is_refused(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
-def test_cuda_without_a_gpu_is_one_line(tiny_config, tiny_data, tmp_path, capsys,
-                                        monkeypatch):
+def test_cuda_without_a_gpu_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FASHIONLAB_DEVICE", "cpu")  # put back after --device sets it
-    assert main(["train", "--model", str(_spec(tiny_config, tmp_path)), "--device", "cuda",
+    assert main(["train", "quick-fc", "--set", "data.dataset=any", "--device", "cuda",
                  "--data-dir", str(tiny_data), "--out", str(tmp_path / "runs"), "-q"]) == 2
     assert capsys.readouterr().err.startswith(
         "fashionlab: error: device 'cuda' asked for (--device or FASHIONLAB_DEVICE) but PyTorch")
@@ -59,14 +58,6 @@ def test_reports_name_the_gpu_a_run_used():
 def test_auto_precision_is_fp32_on_cuda():
     assert hardware.resolve_precision("auto", torch.device("cuda")) == "fp32"
     assert hardware.resolve_precision("bf16", torch.device("cuda")) == "bf16"
-
-
-def _spec(config: dict, tmp_path):
-    from fashionlab import config as cfg
-
-    path = tmp_path / "spec.toml"
-    path.write_text(cfg.dumps(config))
-    return path
 
 
 @cuda
