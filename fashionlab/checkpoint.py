@@ -57,21 +57,31 @@ def unflatten(obj: Any, tensors: dict[str, np.ndarray]) -> Any:
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
              "python": random.getstate(),
-             **{name: g.get_state() for name, g in generators.items()}}
+             **{name: g.get_state() for name, g in generators.items()},
+             "devices": {name: g.device.type for name, g in generators.items()}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> list[str]:
+    """Restore every random stream; return the generators saved on another kind of device.
+
+    A CUDA generator's state (a seed and an offset) means nothing to a CPU one and the other
+    way round, so a run resumed on another device keeps those generators as seeded."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    devices = state.get("devices", {})  # checkpoints from before 2026-11-30 lack it
+    moved = [name for name, g in generators.items()
+             if devices.get(name, g.device.type) != g.device.type]
     for name, g in generators.items():
-        g.set_state(state[name])
+        if name not in moved:
+            g.set_state(state[name])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    return moved
 
 
 def save(run_dir: Path, state: dict[str, Any]) -> None:

@@ -265,7 +265,13 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
         except (KeyError, ValueError, RuntimeError, AttributeError) as e:
             raise RunError(f"{run_dir}: the checkpoint does not fit the changed config "
                            f"({str(e).splitlines()[0]})") from None
-        checkpoint.set_rng_state(saved["rng"], generators)
+        moved = checkpoint.set_rng_state(saved["rng"], generators)
+        if moved and rank == 0:
+            was = saved["rng"]["devices"][moved[0]]
+            print(f"warning: {run_dir} trained on {was} and resumes on {dev.type}: its "
+                  f"{' and '.join(moved)} random numbers start again from the seed, so it "
+                  "will not match an unbroken run", file=sys.stderr)
+            runs.update_info(run_dir, resumed_on=f"{dev} ({precision})")
         loop = Loop(**saved["loop"])
     penalties, constraints = bool(net.penalties), bool(net.constraints)
     smoothing = train_cfg["label_smoothing"]

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_idx_set
 
-from fashionlab import checkpoint, runs, signals
+from fashionlab import checkpoint, hardware, runs, signals
 from fashionlab import config as cfg
 from fashionlab.cli import main
 from fashionlab.errors import UserError
@@ -310,3 +311,23 @@ def test_resume_refuses_a_run_still_training(tmp_path, capsys):
     finally:
         live.kill()
         live.wait()
+
+
+def test_resume_on_another_kind_of_device(tiny_config, tiny_data, tmp_path, capsys):
+    """A run begun on a GPU can finish on a CPU (and back): its augmentation generator's
+    state cannot cross devices, so that stream restarts from the seed, with a warning."""
+    tiny_config["augment"] = {"flip": 0.5}
+    run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
+    saved = checkpoint.load(run)
+    assert saved["rng"]["devices"] == {"order": "cpu", "augment": "cpu"}
+    saved["rng"]["devices"]["augment"] = "cuda"  # as a run on a GPU saves it
+    saved["rng"]["augment"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's size
+    checkpoint.save(run, saved)
+    assert main(["train", "--resume", str(run), "-q", "--no-plots"]) == 0
+    assert capsys.readouterr().err == (
+        f"warning: {run} trained on cuda and resumes on cpu: its augment random numbers start "
+        "again from the seed, so it will not match an unbroken run\n")
+    finished = runs.load_run(run)
+    precision = hardware.resolve_precision("auto", torch.device("cpu"))
+    assert finished.metrics["epochs_run"] == 2
+    assert finished.info["resumed_on"] == f"cpu ({precision})"
