@@ -12,7 +12,6 @@ is the wall time of the first three steps: cuDNN's autotuning, or compiling.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from profile_step import make_step  # noqa: E402
+from profile_step import make_step, time_rounds  # noqa: E402
 
 
 def time_variants(steps: dict, n: int, rounds: int) -> dict[str, tuple[float, float]]:
@@ -33,16 +32,9 @@ def time_variants(steps: dict, n: int, rounds: int) -> dict[str, tuple[float, fl
             step()
         torch.cuda.synchronize()
         first[name] = time.perf_counter() - start
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - start) / n * 1000)
-    return {k: (statistics.median(v), first[k]) for k, v in times.items()}
+    threads = torch.get_num_threads()
+    ms = time_rounds(steps, n, rounds, [threads], sync=torch.cuda.synchronize)
+    return {k: (ms[f"{k}/{threads}t"], first[k]) for k in steps}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,8 +70,10 @@ def make_step(config: dict, channels_last: bool, compiled: bool | str = False,
     return step
 
 
-def time_rounds(steps: dict, n: int, rounds: int, threads: list[int]) -> dict[str, float]:
-    """Median ms per step of each variant x thread count, over interleaved rounds of n steps."""
+def time_rounds(steps: dict, n: int, rounds: int, threads: list[int],
+                sync=lambda: None) -> dict[str, float]:
+    """Median ms per step of each variant x thread count, over interleaved rounds of n steps.
+    sync() waits for queued work (torch.cuda.synchronize on a GPU) at each round's ends."""
     for step in steps.values():
         for _ in range(3):
             step()
@@ -79,9 +81,11 @@ def time_rounds(steps: dict, n: int, rounds: int, threads: list[int]) -> dict[st
     for _ in range(rounds):
         for (name, step), t in ((s, t) for s in steps.items() for t in threads):
             torch.set_num_threads(t)
+            sync()
             start = time.perf_counter()
             for _ in range(n):
                 step()
+            sync()
             times[f"{name}/{t}t"].append((time.perf_counter() - start) / n * 1000)
     return {k: statistics.median(v) for k, v in times.items()}
 
