@@ -209,6 +209,7 @@ def _objective(study, n: int, base: dict, space: list[Param], folder: Path,
         ahead = [t for t in study.get_trials(deepcopy=False)
                  if t.number < trial.number and t.state != TrialState.FAIL]
         if len(ahead) >= n:
+            trial.set_user_attr("surplus", True)  # failed, but not by the config: no run
             raise Surplus(f"the study already has {n} finished or running trials")
         overrides = [override(p.key, p.suggest(trial)) for p in space]
 
@@ -294,7 +295,8 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
 def _trial_line(t) -> str:
     value = "" if t.value is None else f"  val_accuracy {t.value:.4f}"
     params = "  ".join(f"{k}={fmt(v)}" for k, v in t.params.items())
-    return f"trial {t.number:3d}  {t.state.name.lower():8s}{value}  {params}"
+    state = "surplus" if t.user_attrs.get("surplus") else t.state.name.lower()
+    return f"trial {t.number:3d}  {state:8s}{value}  {params}"
 
 
 def fmt(v: Any) -> str:

@@ -106,6 +106,23 @@ def _trials(storage, name: str = "tiny"):
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
+def test_a_trial_past_the_target_stands_down(files, tiny_data, tmp_path):
+    """A worker that began a trial as another finished the last one needed: its trial fails
+    at once as surplus, trains nothing and is logged as such."""
+    recipe, space = files
+    out = tmp_path / "sw"
+    study = sweep.sweep(str(recipe), str(space), 1, out=str(out), data_dir=str(tiny_data),
+                        log=lambda _: None)
+    base = cfg.resolve(str(recipe))
+    late = sweep._objective(study, 1, base, sweep.read_space(space, base), out, str(tiny_data))
+    study.optimize(late, n_trials=1, catch=(sweep.Surplus,))
+    first, second = study.get_trials(deepcopy=False)
+    assert first.state == optuna.trial.TrialState.COMPLETE and "surplus" not in first.user_attrs
+    assert second.state == optuna.trial.TrialState.FAIL and second.user_attrs["surplus"]
+    assert sweep._trial_line(second).startswith("trial   1  surplus")
+    assert len(list((out / "trials").iterdir())) == 1
+
+
 def test_two_workers_share_a_journal_and_stop_at_n(files, tiny_data, tmp_path):
     recipe, space = files
     journal = str(tmp_path / "sw" / "study.journal")
@@ -118,7 +135,8 @@ def test_two_workers_share_a_journal_and_stop_at_n(files, tiny_data, tmp_path):
     assert len({t.number for t in trials}) == len(trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers took trials
     runs = sorted((tmp_path / "sw" / "trials").iterdir())
-    assert len(runs) == len(trials)
+    # a trial begun as the other worker finished the 5th stands down before training
+    assert len(runs) == len([t for t in trials if not t.user_attrs.get("surplus")])
     for t in trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
             history = (Path(t.user_attrs["run"]) / "history.csv").read_text().splitlines()
