@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
             steps["bf16 contiguous"] = make_step(config, False, dev=dev, precision="bf16")
         if name in compiled:
             steps["bf16 compiled"] = make_step(config, last, True, dev=dev, precision="bf16")
-            steps["bf16 reduce-overhead"] = make_step(config, last, "reduce-overhead", dev=dev,
-                                                      precision="bf16")
+            for precision in ("bf16", "fp32"):  # fp32: auto's choice on CUDA since 2026-11-30
+                steps[f"{precision} reduce-overhead"] = make_step(
+                    config, last, "reduce-overhead", dev=dev, precision=precision)
         batch = config["train"]["batch_size"]
         print(f"{name}  (batch {batch}, channels-last {'on' if last else 'n/a'})")
         for variant, (ms, first) in time_variants(steps, args.steps, args.rounds).items():
