@@ -33,25 +33,27 @@ step() {  # NAME SECONDS-NEEDED COMMAND...
 }
 
 GPU="taskset -c $GPU_CORES"
+TRAIN="$GPU python3 -m fashionlab train"
 
 TAIL=12 step info 10 bash -c 'nvidia-smi -L; lscpu | grep -E "Model name|Thread|Core|Socket";
   lscpu -e | head -5; grep -o -w -E "amx_bf16|avx512_bf16|avx512f" /proc/cpuinfo | sort -u;
-  python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"'
+  python3 -c "import torch as t; print(t.__version__, t.version.cuda, t.cuda.get_device_name())"'
 step cpu-fast 60 taskset -c 0,1 env OMP_NUM_THREADS=2 python3 -m fashionlab train fast \
   --seed 1 --device cpu --out "$RUNS/cpu-fast" &
-step fast-bf16 60 $GPU python3 -m fashionlab train fast --seed 1 --precision bf16 --out "$RUNS/fast-bf16"
-step fast-fp32 60 $GPU python3 -m fashionlab train fast --seed 1 --precision fp32 --out "$RUNS/fast-fp32"
+step fast-bf16 60 $TRAIN fast --seed 1 --precision bf16 --out "$RUNS/fast-bf16"
+step fast-fp32 60 $TRAIN fast --seed 1 --precision fp32 --out "$RUNS/fast-fp32"
 TAIL=30 step steps 60 $GPU python3 bench/gpu.py fast best weil-cnn korssjoen-cnn-maxpool \
   --compile fast --steps 50 --rounds 3
 TAIL=15 step tests 120 $GPU python3 -m pytest -q -n 4 -p no:cacheprovider -m "not slow" tests
 step avgpool 150 $GPU python3 -m fashionlab reproduce korssjoen-cnn-avgpool \
   --set train.precision=fp32 -q --out "$RUNS/repro" -o "$LOGS/korssjoen-cnn-avgpool.md"
-step best-bf16 90 $GPU python3 -m fashionlab train best --seed 1 --precision bf16 --no-plots -q --out "$RUNS/best-bf16"
-step best-fp32 90 $GPU python3 -m fashionlab train best --seed 1 --precision fp32 --no-plots -q --out "$RUNS/best-fp32"
-step fast-seeds-bf16 60 $GPU python3 -m fashionlab train fast --seeds 2,3 --precision bf16 --no-plots -q \
-  --out "$RUNS/fast-seeds-bf16"
-step fast-seeds-fp32 60 $GPU python3 -m fashionlab train fast --seeds 2,3 --precision fp32 --no-plots -q \
-  --out "$RUNS/fast-seeds-fp32"
+for p in bf16 fp32; do
+  step best-$p 90 $TRAIN best --seed 1 --precision $p --no-plots -q --out "$RUNS/best-$p"
+done
+for p in bf16 fp32; do
+  step fast-seeds-$p 60 $TRAIN fast --seeds 2,3 --precision $p --no-plots -q \
+    --out "$RUNS/fast-seeds-$p"
+done
 wait
 
 find "$RUNS" \( -name '*.safetensors' -o -name 'checkpoint*' \) -delete
