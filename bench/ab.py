@@ -1,4 +1,4 @@
-"""A/B timings behind defaults: allocator, fused optimizers, penalties, ReLU, convolutions.
+"""A/B timings behind defaults: allocator, optimizers, penalties, ReLU, convolutions, flatten.
 
     nice .venv/bin/python bench/ab.py alloc weil-cnn duan-lenet5
     nice .venv/bin/python bench/ab.py optimizer weil-fc
@@ -7,6 +7,7 @@
     .venv/bin/python bench/ab.py conv korssjoen-cnn-maxpool --threads 2
     .venv/bin/python bench/ab.py pool weil-cnn --threads 2 --steps 100 --rounds 7
     .venv/bin/python bench/ab.py im2col weil-cnn --threads 2 --steps 100 --rounds 7
+    .venv/bin/python bench/ab.py flatten weil-cnn --threads 2 --steps 100 --rounds 9
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -167,9 +168,30 @@ def im2col_variants(config: dict) -> dict:
             "im2col": make_step(config, True, rewrite=_im2col_first_conv)}
 
 
+def _torch_flatten(module: torch.nn.Module) -> torch.nn.Module:
+    from fashionlab import models
+
+    for block in module:
+        for i, layer in enumerate(block):
+            if isinstance(layer, models.Flatten):
+                block[i] = torch.nn.Flatten()
+    return module
+
+
+def flatten_variants(config: dict) -> dict:
+    """torch's nn.Flatten, whose gradient comes back channels-first, vs models.Flatten, which
+    hands it back channels-last like its input; channels-last, allocator settings as in
+    training."""
+    from fashionlab import hardware
+
+    hardware.keep_freed_memory()
+    return {"nn.Flatten": make_step(config, True, rewrite=_torch_flatten),
+            "models.Flatten": make_step(config, True)}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
             "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
-            "pool": pool_variants, "im2col": im2col_variants}
+            "pool": pool_variants, "im2col": im2col_variants, "flatten": flatten_variants}
 
 
 def main(argv: list[str] | None = None) -> None:

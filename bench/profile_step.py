@@ -1,6 +1,7 @@
 """Where a training step's time goes, per recipe, and channels-last vs contiguous, interleaved.
 
     nice .venv/bin/python bench/profile_step.py weil-cnn duan-lenet5 --steps 100 --ops 8
+    nice .venv/bin/python bench/profile_step.py weil-cnn --threads 1,2 --convs
 
 Runs the loop body of fashionlab.train (slice, float, normalise, forward, loss, backward,
 Adam step) on random uint8 images at the recipe's batch size. Variants are timed in rounds
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -99,6 +101,37 @@ def profile_ops(step, n: int, top: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
+def conv_ms(step, n: int) -> dict[str, float]:
+    """oneDNN's own execution time per step for each convolution primitive (ONEDNN_VERBOSE),
+    summed by kind and shape: the part of a step that more threads or a better conv kernel
+    could shorten, against the step's wall time around it."""
+    import tempfile
+
+    from torch.backends import mkldnn
+
+    for _ in range(3):
+        step()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile("w+") as log:
+        os.dup2(log.fileno(), 1)  # oneDNN prints from C: catch its file descriptor
+        try:
+            with mkldnn.verbose(mkldnn.VERBOSE_ON):
+                for _ in range(n):
+                    step()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = [line.split(",") for line in log if ",exec," in line and "convolution" in line]
+    out: dict[str, float] = {}
+    for f in lines:
+        key = f"{f[7]} {f[-2]} ({f[6]})"  # direction, shape and oneDNN's implementation
+        out[key] = out.get(key, 0.0) + float(f[-1]) / n
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipes", nargs="+")
@@ -106,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--ops", type=int, default=0, help="print the top N ops (torch.profiler)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--convs", action="store_true", help="split each step (channels-last) "
+                   "into oneDNN's convolution time and the rest, per thread count")
     p.add_argument("--threads", default="", help="thread counts to compare, e.g. 1,2 "
                    "(default: what fashionlab picks)")
     args = p.parse_args(argv)
@@ -128,6 +163,16 @@ def main(argv: list[str] | None = None) -> None:
         batch = config["train"]["batch_size"]
         shown = "  ".join(f"{k} {v:.2f} ms ({batch / v * 1000:.0f} img/s)" for k, v in ms.items())
         print(f"{name:<24} batch {batch}  {shown}")
+        if args.convs and net.is_conv:
+            for t in threads:
+                torch.set_num_threads(t)
+                convs_ms = conv_ms(steps["channels_last"], args.steps)
+                total = ms[f"channels_last/{t}t"]
+                for key, v in sorted(convs_ms.items()):
+                    print(f"  {t} thread(s)  {v:6.3f} ms  {key}")
+                conv_total = sum(convs_ms.values())
+                print(f"  {t} thread(s)  {conv_total:6.3f} ms in convolutions, "
+                      f"{total - conv_total:6.3f} ms the rest of a {total:.2f} ms step")
         if args.ops:
             torch.set_num_threads(threads[0])
             print(profile_ops(list(steps.values())[-1], args.steps, args.ops))

@@ -198,6 +198,24 @@ def _kernel_layer(p: dict, layer: nn.Module, net: Net, where: str, last: bool) -
     return [layer, _activation(p["activation"], where, last)]
 
 
+def _to_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+class Flatten(nn.Flatten):
+    """nn.Flatten (features in channels-first order) that hands its gradient back in the
+    layout its input came in. Flattening a channels-last image copies it to channels-first
+    order, and the gradient came back channels-first, which sent the pool or ReLU before it
+    down a mixed-layout path: avg_pool2d_backward of weil-cnn's last pool took 0.33 ms
+    instead of 0.06 (2 threads; AMD EPYC AVX2). The same values, so the same training."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.requires_grad and x.dim() == 4 and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            x.register_hook(_to_channels_last)
+        return super().forward(x)
+
+
 def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
                  last: bool) -> tuple[list[nn.Module], Shape, int]:
     """Return (torch modules, output shape, forward flops per example) for one layer."""
@@ -205,7 +223,7 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
     if kind in ("conv2d", "maxpool", "avgpool", "global_avgpool") and not image:
         raise SpecError(f"{where}: {kind} needs an image input (C, H, W), got {shape}")
     if kind == "flatten":
-        return [nn.Flatten()], (math.prod(shape),), 0
+        return [Flatten()], (math.prod(shape),), 0
     if kind == "dense":
         if image:
             raise SpecError(f"{where}: dense needs a flat input, got {shape}; "
@@ -261,7 +279,7 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
                 else nn.AvgPool2d((ph, pw), (sh, sw), ceil_mode=ceil))
         return [pool], out, 0
     if kind == "global_avgpool":
-        return [nn.AdaptiveAvgPool2d(1), nn.Flatten()], (shape[0],), 0
+        return [nn.AdaptiveAvgPool2d(1), Flatten()], (shape[0],), 0
     if kind == "dropout":
         rate = p["rate"]
         if not isinstance(rate, (int, float)) or not 0 <= rate < 1:

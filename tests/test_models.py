@@ -201,3 +201,21 @@ def test_relu_in_place_only_where_safe_and_same_gradients():
         grads.append([p.grad.clone() for p in net.module.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_flatten_hands_back_the_gradient_in_its_input_layout(channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 3, 5, 6).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(3 * 5 * 6, 2)
+    grads = {}
+    for name, flatten in (("torch", torch.nn.Flatten()), ("ours", models.Flatten())):
+        y = x * 2  # keeps the layout: the gradient that reaches this op is the one to check
+        out = flatten(y)
+        y.register_hook(lambda g, name=name: grads.__setitem__(name, g))
+        assert out.shape == (4, 90)
+        torch.testing.assert_close(out, x.detach().flatten(1) * 2, rtol=0, atol=0)
+        (out @ w).sum().backward()
+    assert torch.equal(grads["ours"], grads["torch"])
+    assert grads["ours"].is_contiguous(memory_format=fmt)
+    assert grads["torch"].is_contiguous()  # what made the layer before it slow
