@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA path end to end on a GPU machine whose python3 has PyTorch with CUDA: frontier runs
-# under fp32 (TF32) and bf16 autocast, step timings (bench/gpu.py), the test suite with the
+# under fp32 (TF32) and bf16 autocast, step timings (bench/gpu.py), one epoch of the loop
+# against as many bare steps (bench/loop_overhead.py), the test suite with the
 # GPU visible, and runs too slow for a 2-core CPU. Beside them, on two cores of the host CPU
 # that the GPU steps leave alone, `fast` as a 2-core CPU run (its CPU class: see info.log).
 # Each step gets what is left of $BUDGET seconds and is skipped when it would not fit;
@@ -44,6 +45,7 @@ step fast-bf16 60 $TRAIN fast --seed 1 --precision bf16 --out "$RUNS/fast-bf16"
 step fast-fp32 60 $TRAIN fast --seed 1 --precision fp32 --out "$RUNS/fast-fp32"
 TAIL=30 step steps 60 $GPU python3 bench/gpu.py fast best weil-cnn korssjoen-cnn-maxpool \
   --compile fast --steps 50 --rounds 3
+step loop 40 $GPU python3 bench/loop_overhead.py fast --rounds 2
 TAIL=15 step tests 120 $GPU python3 -m pytest -q -n 4 -p no:cacheprovider -m "not slow" tests
 step avgpool 150 $GPU python3 -m fashionlab reproduce korssjoen-cnn-avgpool \
   --set train.precision=fp32 -q --out "$RUNS/repro" -o "$LOGS/korssjoen-cnn-avgpool.md"

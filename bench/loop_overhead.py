@@ -2,6 +2,10 @@
 same number of bench/profile_step.py steps, alternating, in one process.
 
     .venv/bin/python bench/loop_overhead.py weil-cnn --rounds 3
+    python3 bench/loop_overhead.py fast --rounds 3     # on a GPU machine: the CUDA loop
+
+Both run where fashionlab.train would (hardware.device: FASHIONLAB_DEVICE, or else the GPU
+if there is one), at the precision it would pick.
 
 The loop's epoch (history's seconds) also holds the shuffle, the metrics, the divergence check
 and the validation pass; the bare step is slice, normalise, forward, loss, backward, optimizer.
@@ -16,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,17 +44,25 @@ def main(argv: list[str] | None = None) -> None:
                               config["train"]["seed"])
     steps = math.ceil(len(train_idx) / config["train"]["batch_size"])
     is_conv = models.build(config["model"]["layers"]).is_conv
-    step = make_step(config, hardware.use_channels_last(config["train"]["channels_last"], is_conv))
+    dev = hardware.device()
+    precision = hardware.resolve_precision(config["train"]["precision"], dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
+    step = make_step(config, hardware.use_channels_last(config["train"]["channels_last"], is_conv),
+                     dev=dev, precision=precision)
     for _ in range(20):
         step()
-    print(f"CPU: {hardware.cpu_description()}, {steps} steps per epoch", flush=True)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    print(f"{where} ({precision}); CPU: {hardware.cpu_description()}; {steps} steps per epoch",
+          flush=True)
     for r in range(1, args.rounds + 1):
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = train(args.recipe, flags={"train.epochs": 1}, out=tmp, quiet=True)
             loop = runs.load_run(run_dir).history[0]["seconds"]
+        sync()
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        sync()
         bare = time.perf_counter() - start
         print(f"round {r}: loop epoch {loop:.2f} s ({loop / steps * 1000:.2f} ms/step, with the "
               f"validation pass)  bare steps {bare:.2f} s ({bare / steps * 1000:.2f} ms/step)",
