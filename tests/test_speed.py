@@ -144,7 +144,8 @@ def _load(name: str):
 
 
 @pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab",
-                                  "convs", "loop_overhead", "keras_order", "tta_views", "threads"])
+                                  "convs", "loop_overhead", "keras_order", "tta_views", "threads",
+                                  "ema"])
 def test_bench_scripts_show_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         _load(name).main(["--help"])
@@ -275,3 +276,20 @@ def test_tta_views_flip_view_scores_what_tta_flip_scores(tiny_run):
     assert list(got) == ["alone", "flip", "flip+shift4", "flip+shift8"]
     assert got["alone"] == pytest.approx(expected["alone"])
     assert got["flip"] == pytest.approx(expected["flip"])
+
+
+def test_ema_bench_scores_the_loops_own_average_and_untouched_live_weights(tiny_data, tiny_config,
+                                                                          tmp_path):
+    """bench/ema.py's extra averages must not change training: its live weights score what a
+    run without EMA scores, and its first decay what the loop's own train.ema scores."""
+    from fashionlab import runs
+    from fashionlab.train import train
+
+    run, scores = _load("ema").validation_scores(tiny_config, 1, [0.9, 0.5], str(tmp_path / "e"),
+                                                 data_dir=str(tiny_data))
+    plain = train(tiny_config, data_dir=str(tiny_data), out=str(tmp_path / "p"), quiet=True)
+    assert list(scores) == ["live weights", "ema 0.9", "ema 0.5"]
+    val = {d: runs.load_run(d).metrics["val_accuracy"] * 100 for d in (run, plain)}
+    assert scores["ema 0.9"] == pytest.approx(val[run])
+    assert scores["live weights"] == pytest.approx(val[plain])
+    assert scores["ema 0.5"] != scores["ema 0.9"]
