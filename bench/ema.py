@@ -59,6 +59,9 @@ def validation_scores(spec: str | dict, seed: int, decays: list[float], out: str
     """Train once with every decay kept; validation accuracy % of the live weights and each
     average, under the spec's own test-time views."""
     overrides = [f"train.seed={seed}", f"train.ema={decays[0]}", *overrides]
+    config = cfg.resolve(spec, None, overrides)
+    if config["data"]["val"] == "none":  # say so before training, not after
+        raise SystemExit("the spec holds out no validation images (data.val)")
     Averages.extra = tuple(decays[1:])
     loop.EMA = Averages
     try:
@@ -66,12 +69,9 @@ def validation_scores(spec: str | dict, seed: int, decays: list[float], out: str
     finally:
         loop.EMA = EMA
     kept = KEPT.pop()
-    config = cfg.resolve(spec, None, overrides)
     dev = hardware.device()
     t = loop.to_tensors(data.load(data_dir, config["data"]["dataset"]), config["data"]["val"],
                         seed, dev)
-    if len(t.y_val) == 0:
-        raise SystemExit("the spec holds out no validation images (data.val)")
     precision = hardware.resolve_precision(config["train"]["precision"], dev)
     channels_last = hardware.use_channels_last(config["train"]["channels_last"],
                                                models.build(config["model"]["layers"]).is_conv)
