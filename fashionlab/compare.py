@@ -101,7 +101,8 @@ def duration(seconds: float) -> str:
         return "-"
     if seconds < 100:
         return f"{seconds:.1f} s"
-    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    minutes, rest = divmod(round(seconds), 60)  # round first: 239.6 s is 4 min 00 s
+    return f"{minutes} min {rest:02d} s"
 
 
 def format_comparison(c: Comparison) -> str:

@@ -212,3 +212,10 @@ def test_report_renders_in_chromium(report_html, tmp_path):
         grey = np.asarray(im.convert("L"))
     assert grey.shape == (4000, 1280)
     assert grey.std() > 20 and (grey < 128).mean() > 0.01  # text and figures, not a blank page
+
+
+def test_durations_round_before_splitting_minutes():
+    assert compare.duration(239.6) == "4 min 00 s"
+    assert compare.duration(125.2) == "2 min 05 s"
+    assert compare.duration(42.25) == "42.2 s"
+    assert compare.duration(float("nan")) == "-"
