@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = math.ceil(len(train_idx) / config["train"]["batch_size"])
     is_conv = models.build(config["model"]["layers"]).is_conv
     dev = hardware.device()
-    precision = hardware.resolve_precision(config["train"]["precision"], dev)
+    precision = hardware.resolve_precision(config["train"]["precision"], dev, is_conv)
     sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
     step = make_step(config, hardware.use_channels_last(config["train"]["channels_last"], is_conv),
                      dev=dev, precision=precision)

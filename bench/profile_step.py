@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                    "into oneDNN's convolution time and the rest, per thread count")
     p.add_argument("--threads", default="", help="thread counts to compare, e.g. 1,2 "
                    "(default: what fashionlab picks)")
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="autocast for the forward pass (auto: what training would pick)")
     args = p.parse_args(argv)
     hardware.configure_threads()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [
@@ -152,17 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.recipes:
         config = cfg.resolve(name)
         net = models.build(config["model"]["layers"])
-        steps = {"contiguous": make_step(config, False)}
+        precision = hardware.resolve_precision(args.precision, torch.device("cpu"), net.is_conv)
+        steps = {"contiguous": make_step(config, False, precision=precision)}
         if net.is_conv:
-            steps["channels_last"] = make_step(config, True)
+            steps["channels_last"] = make_step(config, True, precision=precision)
         if args.compile:
-            steps["compiled"] = make_step(config, False, compiled=True)
+            steps["compiled"] = make_step(config, False, compiled=True, precision=precision)
             if net.is_conv:
-                steps["compiled_channels_last"] = make_step(config, True, compiled=True)
+                steps["compiled_channels_last"] = make_step(config, True, compiled=True,
+                                                            precision=precision)
         ms = time_rounds(steps, args.steps, args.rounds, threads)
         batch = config["train"]["batch_size"]
         shown = "  ".join(f"{k} {v:.2f} ms ({batch / v * 1000:.0f} img/s)" for k, v in ms.items())
-        print(f"{name:<24} batch {batch}  {shown}")
+        print(f"{name:<24} batch {batch} {precision}  {shown}")
         if args.convs and net.is_conv:
             for t in threads:
                 torch.set_num_threads(t)

@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.recipes:
         config = cfg.resolve(name)
         net = models.build(config["model"]["layers"])
-        precision = hardware.resolve_precision(config["train"]["precision"], dev)
+        precision = hardware.resolve_precision(config["train"]["precision"], dev, net.is_conv)
         last = hardware.use_channels_last(config["train"]["channels_last"], net.is_conv)
         batch = config["train"]["batch_size"]
         conv = config["train"]["conv"]
-        train_rate = images_per_second(make_step(config, last, conv=conv), batch, args.seconds)
+        train_rate = images_per_second(make_step(config, last, conv=conv, precision=precision),
+                                       batch, args.seconds)
         dft = convs.convert(net.module, conv, dev, precision)
         module = net.module.to(memory_format=torch.channels_last) if last else net.module
         images = torch.randint(0, 256, (config["train"]["eval_batch_size"], 28, 28),

@@ -84,16 +84,19 @@ def device() -> torch.device:
     return torch.device(wanted)
 
 
-def resolve_precision(requested: str, dev: torch.device) -> str:
-    """'auto' -> bf16 on CPUs with native bf16, fp32 elsewhere.
+def resolve_precision(requested: str, dev: torch.device, is_conv: bool) -> str:
+    """'auto' -> bf16 for conv nets on CPUs with native bf16, fp32 elsewhere.
 
+    Nets without convolutions stay fp32 even there: their matmuls (batch 32, a few hundred
+    features) are too small for AMX to win back the casts autocast adds per layer, and on an
+    AMX Xeon every FC recipe's training step was as fast or faster in fp32 (docs/speed.md).
     On CUDA too: these nets are small enough that a step is bound by kernel launches, and
     autocast adds a cast kernel per layer, so on an H200 a training step under bf16 took as
     long as TF32's or up to 1.4x longer for every recipe timed (docs/speed.md, bench/gpu.py).
     `--precision bf16` is there for nets big enough to gain from it."""
     if requested != "auto":
         return requested
-    if dev.type == "cuda":
+    if dev.type == "cuda" or not is_conv:
         return "fp32"
     return "bf16" if any(f in cpu_flags() for f in FAST_BF16_FLAGS) else "fp32"
 

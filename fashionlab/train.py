@@ -153,7 +153,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     random.seed(seed)
     net = models.build(config["model"]["layers"])
     dev = hardware.device()
-    precision = hardware.resolve_precision(train_cfg["precision"], dev)
+    precision = hardware.resolve_precision(train_cfg["precision"], dev, net.is_conv)
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
     ds = data.load(data_dir, config["data"]["dataset"])

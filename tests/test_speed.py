@@ -31,14 +31,15 @@ def flags(monkeypatch):
     (("amx_bf16", "amx_tile"), "bf16")])
 def test_auto_precision_is_bf16_only_with_native_bf16(flags, cpu, expected):
     flags(*cpu)
-    assert hardware.resolve_precision("auto", torch.device("cpu")) == expected
+    assert hardware.resolve_precision("auto", torch.device("cpu"), is_conv=True) == expected
+    assert hardware.resolve_precision("auto", torch.device("cpu"), is_conv=False) == "fp32"
 
 
 def test_explicit_precision_is_kept(flags):
     flags()
-    assert hardware.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert hardware.resolve_precision("bf16", torch.device("cpu"), is_conv=False) == "bf16"
     flags("amx_bf16")
-    assert hardware.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert hardware.resolve_precision("fp32", torch.device("cpu"), is_conv=True) == "fp32"
 
 
 def test_cpu_description_names_the_deciding_flags(flags):
