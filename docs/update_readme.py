@@ -17,6 +17,8 @@ BLOCKS = {
     "reproduction": sorted((DOCS / "reproduction").glob("*.md")),
     "vs-keras": [DOCS / "bench" / "vs_keras.md"],
     "throughput": [DOCS / "bench" / "throughput.md"],
+    "vs-keras-amx": [DOCS / "bench" / "vs_keras_amx.md"],
+    "throughput-amx": [DOCS / "bench" / "throughput_amx.md"],
     "convs": [DOCS / "bench" / "convs.md"],
     "compare": [DOCS / "figures" / "compare.txt"],
 }
