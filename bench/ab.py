@@ -8,6 +8,7 @@
     .venv/bin/python bench/ab.py pool weil-cnn --threads 2 --steps 100 --rounds 7
     .venv/bin/python bench/ab.py im2col weil-cnn --threads 2 --steps 100 --rounds 7
     .venv/bin/python bench/ab.py flatten weil-cnn --threads 2 --steps 100 --rounds 9
+    .venv/bin/python bench/ab.py whole duan-lenet5 --threads 2 --steps 100 --rounds 9
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -189,9 +190,21 @@ def flatten_variants(config: dict) -> dict:
             "models.Flatten": make_step(config, True)}
 
 
+def whole_variants(config: dict) -> dict:
+    """A convolution whose kernel covers its whole input (LeNet-5's 5x5 on 5x5 -> 120) in
+    oneDNN (train.conv = direct) vs as one matmul (auto: convs.WholeInputConv2d),
+    channels-last, allocator settings as in training."""
+    from fashionlab import hardware
+
+    hardware.keep_freed_memory()
+    return {"onednn": make_step(config, True, conv="direct"),
+            "matmul": make_step(config, True)}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
             "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
-            "pool": pool_variants, "im2col": im2col_variants, "flatten": flatten_variants}
+            "pool": pool_variants, "im2col": im2col_variants, "flatten": flatten_variants,
+            "whole": whole_variants}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,9 +72,9 @@ def validation_scores(spec: str | dict, seed: int, decays: list[float], out: str
     dev = hardware.device()
     t = loop.to_tensors(data.load(data_dir, config["data"]["dataset"]), config["data"]["val"],
                         seed, dev)
-    is_conv = models.build(config["model"]["layers"]).is_conv
-    precision = hardware.resolve_precision(config["train"]["precision"], dev, is_conv)
-    channels_last = hardware.use_channels_last(config["train"]["channels_last"], is_conv)
+    net = models.build(config["model"]["layers"])
+    precision = hardware.resolve_precision(config["train"]["precision"], dev, net.conv_flops)
+    channels_last = hardware.use_channels_last(config["train"]["channels_last"], net.is_conv)
     return run_dir, {
         name: 100 * inference.loss_and_accuracy(
             inference.logits(module, t.x_val, config, dev, precision, channels_last), t.y_val)[1]

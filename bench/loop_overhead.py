@@ -43,12 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     train_idx, _ = data.split(len(data.load().train_y), config["data"]["val"],
                               config["train"]["seed"])
     steps = math.ceil(len(train_idx) / config["train"]["batch_size"])
-    is_conv = models.build(config["model"]["layers"]).is_conv
+    net = models.build(config["model"]["layers"])
     dev = hardware.device()
-    precision = hardware.resolve_precision(config["train"]["precision"], dev, is_conv)
+    precision = hardware.resolve_precision(config["train"]["precision"], dev, net.conv_flops)
     sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
-    step = make_step(config, hardware.use_channels_last(config["train"]["channels_last"], is_conv),
-                     dev=dev, precision=precision)
+    channels_last = hardware.use_channels_last(config["train"]["channels_last"], net.is_conv)
+    step = make_step(config, channels_last, dev=dev, precision=precision)
     for _ in range(20):
         step()
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"

@@ -44,6 +44,7 @@ def make_step(config: dict, channels_last: bool, compiled: bool | str = False,
         if isinstance(m, torch.nn.ReLU):
             m.inplace = m.inplace and relu_in_place
     convs.convert(module, conv, dev, precision)
+    convs.whole_input(net, conv, dev)
     module = module.to(dev)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -143,9 +144,15 @@ def main(argv: list[str] | None = None) -> None:
                    "into oneDNN's convolution time and the rest, per thread count")
     p.add_argument("--threads", default="", help="thread counts to compare, e.g. 1,2 "
                    "(default: what fashionlab picks)")
-    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
-                   help="autocast for the forward pass (auto: what training would pick)")
+    p.add_argument("--precision", default="fp32", help="autocast for the forward pass: auto "
+                   "(what training would pick), fp32, bf16, or a list such as fp32,bf16 to "
+                   "time each variant under each, interleaved")
+    p.add_argument("--layouts", default="contiguous,channels_last",
+                   help="memory layouts to time for conv nets")
     args = p.parse_args(argv)
+    precisions = args.precision.split(",")
+    if not set(precisions) <= {"auto", "fp32", "bf16"}:
+        p.error(f"--precision takes auto, fp32 or bf16, not {args.precision!r}")
     hardware.configure_threads()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [
         torch.get_num_threads()]
@@ -154,20 +161,22 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.recipes:
         config = cfg.resolve(name)
         net = models.build(config["model"]["layers"])
-        precision = hardware.resolve_precision(args.precision, torch.device("cpu"), net.is_conv)
-        steps = {"contiguous": make_step(config, False, precision=precision)}
-        if net.is_conv:
-            steps["channels_last"] = make_step(config, True, precision=precision)
-        if args.compile:
-            steps["compiled"] = make_step(config, False, compiled=True, precision=precision)
-            if net.is_conv:
-                steps["compiled_channels_last"] = make_step(config, True, compiled=True,
-                                                            precision=precision)
+        layouts = args.layouts.split(",") if net.is_conv else ["contiguous"]
+        steps = {}
+        for requested in precisions:
+            precision = hardware.resolve_precision(requested, torch.device("cpu"), net.conv_flops)
+            tag = f" {precision}" if len(precisions) > 1 else ""
+            for layout in layouts:
+                cl = layout == "channels_last"
+                steps[layout + tag] = make_step(config, cl, precision=precision)
+                if args.compile:
+                    steps[f"compiled_{layout}{tag}"] = make_step(config, cl, compiled=True,
+                                                                 precision=precision)
         ms = time_rounds(steps, args.steps, args.rounds, threads)
         batch = config["train"]["batch_size"]
         shown = "  ".join(f"{k} {v:.2f} ms ({batch / v * 1000:.0f} img/s)" for k, v in ms.items())
-        print(f"{name:<24} batch {batch} {precision}  {shown}")
-        if args.convs and net.is_conv:
+        print(f"{name:<24} batch {batch} {precision if len(precisions) == 1 else ''}  {shown}")
+        if args.convs and "channels_last" in steps:
             for t in threads:
                 torch.set_num_threads(t)
                 convs_ms = conv_ms(steps["channels_last"], args.steps)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.recipes:
         config = cfg.resolve(name)
         net = models.build(config["model"]["layers"])
-        precision = hardware.resolve_precision(config["train"]["precision"], dev, net.is_conv)
+        precision = hardware.resolve_precision(config["train"]["precision"], dev, net.conv_flops)
         last = hardware.use_channels_last(config["train"]["channels_last"], net.is_conv)
         batch = config["train"]["batch_size"]
         conv = config["train"]["conv"]

@@ -97,6 +97,43 @@ class DFTConv2d(nn.Conv2d):
         return conv2d(x, self.weight, self.bias, mats)
 
 
+class WholeInputConv2d(nn.Conv2d):
+    """A convolution whose kernel covers its whole input is a dense layer: one matmul.
+
+    LeNet-5's last convolution (16 channels of 5x5 -> 120) is one. oneDNN ran it, forward and
+    backward, in ~0.36 ms of a ~4-5 ms step on an AMX Xeon; as a matmul the whole training step
+    was 8-13% faster (`bench/ab.py whole duan-lenet5`, docs/speed.md). Same parameters, same
+    layout; outputs equal nn.Conv2d's to float rounding (tests/test_convs.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) != self.kernel_size:
+            return super().forward(x)
+        b, o = x.shape[0], self.out_channels
+        rows = x.permute(0, 2, 3, 1).reshape(b, -1)  # a view when x is channels-last
+        w = self.weight.permute(0, 2, 3, 1).reshape(o, -1)
+        return nn.functional.linear(rows, w, self.bias).view(b, o, 1, 1)
+
+
+def whole_input(net, requested: str, device: torch.device) -> int:
+    """Re-class, in place, the convolutions of a models.Net whose kernel covers their whole
+    (unpadded) input as WholeInputConv2d; return how many. 'auto' on CPU only (cuDNN was not
+    measured); 'direct' and 'dft' leave them alone."""
+    from fashionlab.models import INPUT_SHAPE
+
+    if requested != "auto" or device.type != "cpu":
+        return 0
+    chosen = []
+    inputs = [INPUT_SHAPE] + [r.output for r in net.rows[:-1]]
+    for block, shape in zip(net.module, inputs, strict=True):
+        m = block[0] if len(block) else None  # a padded conv's block starts with its padding
+        if (type(m) is nn.Conv2d and m.padding == (0, 0) and m.dilation == (1, 1)
+                and m.groups == 1 and tuple(shape[1:]) == m.kernel_size):
+            chosen.append(m)
+    for conv in chosen:
+        conv.__class__ = WholeInputConv2d
+    return len(chosen)
+
+
 def suits(conv: nn.Conv2d, requested: str) -> bool:
     """'dft': wherever the frequency domain computes the same thing (stride 1, no dilation
     or groups); 'auto': where it also measured faster; 'direct': never."""

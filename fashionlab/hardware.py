@@ -84,19 +84,26 @@ def device() -> torch.device:
     return torch.device(wanted)
 
 
-def resolve_precision(requested: str, dev: torch.device, is_conv: bool) -> str:
-    """'auto' -> bf16 for conv nets on CPUs with native bf16, fp32 elsewhere.
+BF16_MIN_CONV_FLOPS = 1_000_000
 
-    Nets without convolutions stay fp32 even there: their matmuls (batch 32, a few hundred
-    features) are too small for AMX to win back the casts autocast adds per layer, and on an
-    AMX Xeon every FC recipe's training step was as fast or faster in fp32 (docs/speed.md).
+
+def resolve_precision(requested: str, dev: torch.device, conv_flops: int) -> str:
+    """'auto' -> bf16 on CPUs with native bf16 for nets whose convolutions do at least
+    BF16_MIN_CONV_FLOPS per image (forward), fp32 elsewhere.
+
+    bf16 wins time in the convolutions' arithmetic and loses it in the casts autocast adds per
+    layer and in elementwise ops and pools that run slower on bf16 tensors. On an AMX Xeon,
+    training steps interleaved in one process (docs/speed.md): LeNet-5 (0.81 MFLOPs of
+    convolution per image) was 6-23% faster in fp32; quick-cnn (1.31) and weil-cnn (1.78)
+    4-17% faster in bf16, the bigger conv nets 1.3-1.9x; every FC recipe was as fast or faster
+    in fp32 (batch-32 matmuls of a few hundred features are too small for AMX).
     On CUDA too: these nets are small enough that a step is bound by kernel launches, and
     autocast adds a cast kernel per layer, so on an H200 a training step under bf16 took as
     long as TF32's or up to 1.4x longer for every recipe timed (docs/speed.md, bench/gpu.py).
     `--precision bf16` is there for nets big enough to gain from it."""
     if requested != "auto":
         return requested
-    if dev.type == "cuda" or not is_conv:
+    if dev.type == "cuda" or conv_flops < BF16_MIN_CONV_FLOPS:
         return "fp32"
     return "bf16" if any(f in cpu_flags() for f in FAST_BF16_FLAGS) else "fp32"
 

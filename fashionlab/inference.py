@@ -107,5 +107,5 @@ def load_trained(path: str | Path, precision: str = "auto") -> Trained:
     net.module.to(device).eval()
     if channels_last:
         net.module.to(memory_format=torch.channels_last)
-    precision = hardware.resolve_precision(precision, device, net.is_conv)
+    precision = hardware.resolve_precision(precision, device, net.conv_flops)
     return Trained(net, config, run, device, precision, channels_last)

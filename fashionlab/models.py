@@ -91,6 +91,10 @@ class Net:
     def is_conv(self) -> bool:
         return any(isinstance(m, nn.Conv2d) for m in self.module.modules())
 
+    @property
+    def conv_flops(self) -> int:
+        return sum(r.flops for r in self.rows if r.name.endswith(": conv2d"))
+
 
 def _pair(value: Any, where: str, key: str) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:

@@ -153,9 +153,10 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     random.seed(seed)
     net = models.build(config["model"]["layers"])
     dev = hardware.device()
-    precision = hardware.resolve_precision(train_cfg["precision"], dev, net.is_conv)
+    precision = hardware.resolve_precision(train_cfg["precision"], dev, net.conv_flops)
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
+    matmul_convs = convs.whole_input(net, train_cfg["conv"], dev)
     ds = data.load(data_dir, config["data"]["dataset"])
     tensors = to_tensors(ds, config["data"]["val"], seed, dev)
     if len(tensors.y_val) == 0 and train_cfg["patience"]:
@@ -173,7 +174,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         runs.start(run_dir, cfg.dumps(config), {
             "name": config["model"]["name"], "engine": "torch", "seed": seed,
             "config_digest": cfg.digest(config), "device": str(dev),
-            "precision": precision, "dft_convs": dft_convs,
+            "precision": precision, "dft_convs": dft_convs, "matmul_convs": matmul_convs,
             "cpu": hardware.cpu_description(),
             **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {}),
             "torch": torch.__version__, "params": net.params, "pid": os.getpid(),

@@ -1,5 +1,5 @@
-"""The DFT convolution is the same function as nn.Conv2d (values and gradients, to float
-rounding), swaps in only where the rule says, and trains to the same numbers."""
+"""The DFT and whole-input convolutions are the same function as nn.Conv2d (values and
+gradients, to float rounding), swap in only where the rule says, and trains to the same numbers."""
 
 from __future__ import annotations
 
@@ -103,6 +103,63 @@ def test_trains_to_the_same_numbers(tiny_data, tmp_path):
     direct, auto = fit("direct"), fit("auto")
     assert (direct.info["dft_convs"], auto.info["dft_convs"]) == (0, 1)
     assert len(direct.history) == len(auto.history) == 2
+    for a, b in zip(direct.history, auto.history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+    assert direct.metrics["test_accuracy"] == auto.metrics["test_accuracy"]
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_whole_input_conv_matches_conv2d(channels_last):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = nn.Conv2d(16, 120, 5).double().to(memory_format=fmt)
+    whole = copy.deepcopy(conv)
+    whole.__class__ = convs.WholeInputConv2d
+    x = torch.randn(4, 16, 5, 5, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
+    want, got = conv(x), whole(x)
+    assert got.shape == want.shape == (4, 120, 1, 1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(want)
+    expected = torch.autograd.grad((want * probe).sum(), (x, conv.weight, conv.bias))
+    grads = torch.autograd.grad((got * probe).sum(), (x, whole.weight, whole.bias))
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    bigger = torch.randn(2, 16, 7, 7, dtype=torch.float64)  # not its whole input: a conv
+    torch.testing.assert_close(whole(bigger), conv(bigger))
+
+
+@pytest.mark.parametrize("requested, device, swapped", [
+    ("auto", "cpu", 1), ("direct", "cpu", 0), ("dft", "cpu", 0), ("auto", "cuda", 0)])
+def test_only_lenets_last_conv_covers_its_input(requested, device, swapped):
+    net = models.build(cfg.resolve("duan-lenet5")["model"]["layers"])
+    keys = list(net.module.state_dict())
+    assert convs.whole_input(net, requested, torch.device(device)) == swapped
+    kinds = [type(m) for m in net.module.modules() if isinstance(m, nn.Conv2d)]
+    assert kinds == [nn.Conv2d, nn.Conv2d, convs.WholeInputConv2d if swapped else nn.Conv2d]
+    assert list(net.module.state_dict()) == keys
+    same = models.build([{"type": "conv2d", "filters": 4, "kernel": 28, "padding": "same"},
+                         {"type": "flatten"}, {"type": "dense", "units": 10}])
+    assert convs.whole_input(same, "auto", CPU) == 0  # padded: sees more than its kernel
+
+
+def test_whole_input_conv_trains_to_the_same_numbers(tiny_data, tmp_path):
+    config = copy.deepcopy(CONV_CONFIG)
+    config["model"]["layers"] = [
+        {"type": "conv2d", "filters": 6, "kernel": 5, "padding": "same", "activation": "tanh"},
+        {"type": "maxpool"},
+        {"type": "conv2d", "filters": 16, "kernel": 5, "activation": "tanh"},
+        {"type": "maxpool"},
+        {"type": "conv2d", "filters": 24, "kernel": 5, "activation": "tanh"},  # 5x5 -> 1x1
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]
+
+    def fit(conv: str) -> runs.Run:
+        return runs.load_run(train(copy.deepcopy(config), overrides=[f"train.conv={conv}"],
+                                   data_dir=str(tiny_data), out=tmp_path, quiet=True))
+
+    direct, auto = fit("direct"), fit("auto")
+    assert (direct.info["matmul_convs"], auto.info["matmul_convs"]) == (0, 1)
     for a, b in zip(direct.history, auto.history, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key

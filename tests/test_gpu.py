@@ -56,8 +56,8 @@ def test_reports_name_the_gpu_a_run_used():
 
 
 def test_auto_precision_is_fp32_on_cuda():
-    assert hardware.resolve_precision("auto", torch.device("cuda"), is_conv=True) == "fp32"
-    assert hardware.resolve_precision("bf16", torch.device("cuda"), is_conv=True) == "bf16"
+    assert hardware.resolve_precision("auto", torch.device("cuda"), conv_flops=10**9) == "fp32"
+    assert hardware.resolve_precision("bf16", torch.device("cuda"), conv_flops=10**9) == "bf16"
 
 
 @cuda

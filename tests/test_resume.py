@@ -328,6 +328,6 @@ def test_resume_on_another_kind_of_device(tiny_config, tiny_data, tmp_path, caps
         f"warning: {run} trained on cuda and resumes on cpu: its augment random numbers start "
         "again from the seed, so it will not match an unbroken run\n")
     finished = runs.load_run(run)
-    precision = hardware.resolve_precision("auto", torch.device("cpu"), is_conv=False)
+    precision = hardware.resolve_precision("auto", torch.device("cpu"), conv_flops=0)
     assert finished.metrics["epochs_run"] == 2
     assert finished.info["resumed_on"] == f"cpu ({precision})"

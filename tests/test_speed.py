@@ -31,15 +31,27 @@ def flags(monkeypatch):
     (("amx_bf16", "amx_tile"), "bf16")])
 def test_auto_precision_is_bf16_only_with_native_bf16(flags, cpu, expected):
     flags(*cpu)
-    assert hardware.resolve_precision("auto", torch.device("cpu"), is_conv=True) == expected
-    assert hardware.resolve_precision("auto", torch.device("cpu"), is_conv=False) == "fp32"
+    cpu_dev = torch.device("cpu")
+    assert hardware.resolve_precision("auto", cpu_dev, conv_flops=2_000_000) == expected
+    assert hardware.resolve_precision("auto", cpu_dev, conv_flops=0) == "fp32"
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    ("duan-lenet5", "fp32"), ("weil-fc", "fp32"), ("quick-cnn", "bf16"), ("weil-cnn", "bf16"),
+    ("fast", "bf16")])
+def test_auto_precision_leaves_small_conv_nets_in_fp32(flags, recipe, expected):
+    """LeNet-5's convolutions (0.81 MFLOPs per image) trained faster in fp32 on an AMX Xeon,
+    quick-cnn's (1.31) faster in bf16 (docs/speed.md): the line falls between them."""
+    flags("amx_bf16", "amx_tile")
+    net = models.build(cfg.resolve(recipe)["model"]["layers"])
+    assert hardware.resolve_precision("auto", torch.device("cpu"), net.conv_flops) == expected
 
 
 def test_explicit_precision_is_kept(flags):
     flags()
-    assert hardware.resolve_precision("bf16", torch.device("cpu"), is_conv=False) == "bf16"
+    assert hardware.resolve_precision("bf16", torch.device("cpu"), conv_flops=0) == "bf16"
     flags("amx_bf16")
-    assert hardware.resolve_precision("fp32", torch.device("cpu"), is_conv=True) == "fp32"
+    assert hardware.resolve_precision("fp32", torch.device("cpu"), conv_flops=10**9) == "fp32"
 
 
 def test_cpu_description_names_the_deciding_flags(flags):
