@@ -102,7 +102,7 @@ class WholeInputConv2d(nn.Conv2d):
 
     LeNet-5's last convolution (16 channels of 5x5 -> 120) is one. oneDNN ran it, forward and
     backward, in ~0.36 ms of a ~4-5 ms step on an AMX Xeon; as a matmul the whole training step
-    was 8-13% faster (`bench/ab.py whole duan-lenet5`, docs/speed.md). Same parameters, same
+    was 6-13% faster (`bench/ab.py whole duan-lenet5`, docs/speed.md). Same parameters, same
     layout; outputs equal nn.Conv2d's to float rounding (tests/test_convs.py)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The DFT and whole-input convolutions are the same function as nn.Conv2d (values and
-gradients, to float rounding), swap in only where the rule says, and trains to the same numbers."""
+gradients, to float rounding), swap in only where the rule says, and train to the same numbers."""
 
 from __future__ import annotations
 
