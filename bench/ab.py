@@ -9,6 +9,7 @@
     .venv/bin/python bench/ab.py im2col weil-cnn --threads 2 --steps 100 --rounds 7
     .venv/bin/python bench/ab.py flatten weil-cnn --threads 2 --steps 100 --rounds 9
     .venv/bin/python bench/ab.py whole duan-lenet5 --threads 2 --steps 100 --rounds 9
+    .venv/bin/python bench/ab.py order duan-lenet5 quick-cnn --threads 2 --steps 100 --rounds 9
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -201,10 +202,33 @@ def whole_variants(config: dict) -> dict:
             "matmul": make_step(config, True)}
 
 
+def _activation_before_pool(module: torch.nn.Module) -> torch.nn.Module:
+    """Undo models._pool_before_activation: each moved activation back before its pool."""
+    import itertools
+
+    from fashionlab import models
+
+    for a, b in itertools.pairwise(module):
+        if (len(a) > 1 and isinstance(a[-1], torch.nn.MaxPool2d) and len(b) == 1
+                and isinstance(b[0], models.MONOTONE)):
+            a[-1], b[0] = b[0], a[-1]
+    return module
+
+
+def order_variants(config: dict) -> dict:
+    """A monotone activation before its max pool (as the spec says) vs after it
+    (models.build's order), channels-last, allocator settings as in training."""
+    from fashionlab import hardware
+
+    hardware.keep_freed_memory()
+    return {"activation, pool": make_step(config, True, rewrite=_activation_before_pool),
+            "pool, activation": make_step(config, True)}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
             "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
             "pool": pool_variants, "im2col": im2col_variants, "flatten": flatten_variants,
-            "whole": whole_variants}
+            "whole": whole_variants, "order": order_variants}
 
 
 def main(argv: list[str] | None = None) -> None:
