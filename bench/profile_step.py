@@ -2,6 +2,8 @@
 
     nice .venv/bin/python bench/profile_step.py weil-cnn duan-lenet5 --steps 100 --ops 8
     nice .venv/bin/python bench/profile_step.py weil-cnn --threads 1,2 --convs
+    .venv/bin/python bench/profile_step.py duan-lenet5 weil-cnn --layouts channels_last \
+        --batches 8,16,32,64,128 --steps 50 --rounds 7
 
 Runs the loop body of fashionlab.train (slice, float, normalise, forward, loss, backward,
 Adam step) on random uint8 images at the recipe's batch size. Variants are timed in rounds
@@ -11,6 +13,7 @@ A, B, A, B... so that a shared machine's contention hits both alike; the median 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -133,6 +136,23 @@ def conv_ms(step, n: int) -> dict[str, float]:
     return out
 
 
+def fixed_and_per_image(ms: dict[str, float], sizes: dict[str, int]) -> str:
+    """Least-squares step time = fixed + per image x batch, per variant and thread count:
+    the fixed part is what a bigger batch spreads over more images and a small one cannot."""
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for key, v in ms.items():
+        variant, threads = key.rsplit("/", 1)
+        base = variant.rsplit(" b", 1)[0]
+        groups.setdefault(f"{base}/{threads}", []).append((sizes[variant], v))
+    lines = []
+    for key, points in groups.items():
+        xs, ys = zip(*points, strict=True)
+        slope, fixed = statistics.linear_regression(xs, ys)
+        lines.append(f"  {key}: {fixed:.2f} ms fixed + {slope * 100:.2f} ms per 100 images "
+                     f"({', '.join(f'{x}: {y:.2f}' for x, y in points)} ms)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipes", nargs="+")
@@ -149,10 +169,14 @@ def main(argv: list[str] | None = None) -> None:
                    "time each variant under each, interleaved")
     p.add_argument("--layouts", default="contiguous,channels_last",
                    help="memory layouts to time for conv nets")
+    p.add_argument("--batches", default="", help="batch sizes to time, e.g. 8,16,32,64 "
+                   "(default: the recipe's), with a fit of step time = fixed + per image")
     args = p.parse_args(argv)
     precisions = args.precision.split(",")
     if not set(precisions) <= {"auto", "fp32", "bf16"}:
         p.error(f"--precision takes auto, fp32 or bf16, not {args.precision!r}")
+    if args.batches and args.convs:
+        p.error("--convs times the recipe's batch size: leave out --batches")
     hardware.configure_threads()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [
         torch.get_num_threads()]
@@ -162,20 +186,28 @@ def main(argv: list[str] | None = None) -> None:
         config = cfg.resolve(name)
         net = models.build(config["model"]["layers"])
         layouts = args.layouts.split(",") if net.is_conv else ["contiguous"]
-        steps = {}
+        batches = ([int(b) for b in args.batches.split(",")] if args.batches
+                   else [config["train"]["batch_size"]])
+        steps, sizes = {}, {}
         for requested in precisions:
             precision = hardware.resolve_precision(requested, torch.device("cpu"), net.conv_flops)
             tag = f" {precision}" if len(precisions) > 1 else ""
-            for layout in layouts:
+            for layout, b in itertools.product(layouts, batches):
                 cl = layout == "channels_last"
-                steps[layout + tag] = make_step(config, cl, precision=precision)
+                at = dict(config, train=dict(config["train"], batch_size=b))
+                key = layout + tag + (f" b{b}" if args.batches else "")
+                steps[key], sizes[key] = make_step(at, cl, precision=precision), b
                 if args.compile:
-                    steps[f"compiled_{layout}{tag}"] = make_step(config, cl, compiled=True,
-                                                                 precision=precision)
+                    steps["compiled_" + key] = make_step(at, cl, compiled=True,
+                                                         precision=precision)
+                    sizes["compiled_" + key] = b
         ms = time_rounds(steps, args.steps, args.rounds, threads)
-        batch = config["train"]["batch_size"]
-        shown = "  ".join(f"{k} {v:.2f} ms ({batch / v * 1000:.0f} img/s)" for k, v in ms.items())
-        print(f"{name:<24} batch {batch} {precision if len(precisions) == 1 else ''}  {shown}")
+        shown = "  ".join(f"{k} {v:.2f} ms ({sizes[k.rsplit('/', 1)[0]] / v * 1000:.0f} img/s)"
+                          for k, v in ms.items())
+        label = f"batch {batches[0]} " if len(batches) == 1 else ""
+        print(f"{name:<24} {label}{precision if len(precisions) == 1 else ''}  {shown}")
+        if len(batches) > 1:
+            print(fixed_and_per_image(ms, sizes))
         if args.convs and "channels_last" in steps:
             for t in threads:
                 torch.set_num_threads(t)

@@ -210,6 +210,32 @@ def test_ab_im2col_first_conv_computes_what_onednn_does():
         memory_format=torch.channels_last)
 
 
+def test_ab_order_undoes_the_pool_first_order_and_computes_the_same():
+    """bench/ab.py order times LeNet-5 with each tanh back before its max pool: both orders
+    must be present as claimed and give the same outputs and gradients."""
+    ab = _load("ab")
+    torch.manual_seed(0)
+    built = models.build(cfg.resolve("duan-lenet5")["model"]["layers"]).module.double()
+    spec_order = ab._activation_before_pool(copy.deepcopy(built))
+
+    def kinds(module):
+        return [type(m).__name__ for block in module for m in block][:6]
+
+    assert kinds(built) == ["Conv2d", "MaxPool2d", "Tanh", "Conv2d", "MaxPool2d", "Tanh"]
+    assert kinds(spec_order) == ["Conv2d", "Tanh", "MaxPool2d", "Conv2d", "Tanh", "MaxPool2d"]
+    (a, ga), (b, gb) = _outputs_and_grads(built, spec_order)
+    assert torch.equal(a, b)
+    assert all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))
+
+
+def test_profile_step_fits_fixed_and_per_image_time():
+    line = _load("profile_step").fixed_and_per_image(
+        {"cl b8/2t": 3.0, "cl b16/2t": 3.5, "cl b32/2t": 4.5, "cl b8/1t": 2.0, "cl b16/1t": 3.0},
+        {"cl b8": 8, "cl b16": 16, "cl b32": 32})
+    assert "cl/2t: 2.50 ms fixed + 6.25 ms per 100 images" in line
+    assert "cl/1t: 1.00 ms fixed + 12.50 ms per 100 images" in line
+
+
 def test_vs_keras_rejects_an_unknown_model():
     with pytest.raises(SystemExit) as done:
         _load("vs_keras").main(["--models", "000-fc,nope"])
