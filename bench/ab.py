@@ -10,6 +10,7 @@
     .venv/bin/python bench/ab.py flatten weil-cnn --threads 2 --steps 100 --rounds 9
     .venv/bin/python bench/ab.py whole duan-lenet5 --threads 2 --steps 100 --rounds 9
     .venv/bin/python bench/ab.py order duan-lenet5 quick-cnn --threads 2 --steps 100 --rounds 9
+    .venv/bin/python bench/ab.py stepper weil-fc duan-lenet5 --threads 2 --steps 200 --rounds 9
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -225,10 +226,21 @@ def order_variants(config: dict) -> dict:
             "pool, activation": make_step(config, True)}
 
 
+def stepper_variants(config: dict) -> dict:
+    """torch's Optimizer.step vs optim.stepper (the fused Adam/AdamW kernel called directly),
+    channels-last for conv nets, allocator settings as in training."""
+    from fashionlab import hardware, models
+
+    hardware.keep_freed_memory()
+    cl = models.build(config["model"]["layers"]).is_conv
+    return {"Optimizer.step": make_step(config, cl, stepper=False),
+            "optim.stepper": make_step(config, cl)}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
             "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
             "pool": pool_variants, "im2col": im2col_variants, "flatten": flatten_variants,
-            "whole": whole_variants, "order": order_variants}
+            "whole": whole_variants, "order": order_variants, "stepper": stepper_variants}
 
 
 def main(argv: list[str] | None = None) -> None:

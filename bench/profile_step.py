@@ -30,7 +30,7 @@ from fashionlab.inference import as_input
 def make_step(config: dict, channels_last: bool, compiled: bool | str = False,
               make_optimizer=None, penalty: str = "direct", relu_in_place: bool = True,
               conv: str = "auto", rewrite=None, dev: torch.device | None = None,
-              precision: str = "fp32"):
+              precision: str = "fp32", stepper: bool = True):
     """One training step as a closure; make_optimizer(params, train) replaces fashionlab's.
 
     compiled: torch.compile the module, True for the default mode or a mode's name.
@@ -38,6 +38,7 @@ def make_step(config: dict, channels_last: bool, compiled: bool | str = False,
     relu_in_place=False undoes models.build's in-place ReLUs; conv is train.conv;
     rewrite(module) -> module swaps layers for an alternative being timed.
     dev and precision: where the model and data live (CPU by default) and the autocast.
+    stepper=False calls opt.step() instead of optim.stepper's direct fused Adam(W) step.
     """
     dev = dev or torch.device("cpu")
     torch.manual_seed(0)
@@ -52,6 +53,7 @@ def make_step(config: dict, channels_last: bool, compiled: bool | str = False,
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     opt = (make_optimizer or optim.make_optimizer)(module.parameters(), config["train"])
+    opt_step = optim.stepper(opt) if stepper else opt.step
     mode = compiled if isinstance(compiled, str) else None
     fwd = torch.compile(module, mode=mode) if compiled else module
     batch = config["train"]["batch_size"]
@@ -71,7 +73,7 @@ def make_step(config: dict, channels_last: bool, compiled: bool | str = False,
         loss.backward()
         if net.penalties and penalty == "direct":
             models.add_penalty_grads(net)
-        opt.step()
+        opt_step()
 
     return step
 

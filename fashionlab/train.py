@@ -251,6 +251,7 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
     distributed.check_shards(n, batch)
     opt = optim.make_optimizer(module.parameters(), train_cfg)
     schedule = optim.make_schedule(opt, train_cfg, steps)
+    opt_step = optim.stepper(opt)
     ema = EMA(module, train_cfg["ema"]) if train_cfg["ema"] else None
     order_gen = torch.Generator().manual_seed(train_cfg["seed"])
     aug_gen = torch.Generator(dev).manual_seed(train_cfg["seed"] + 1)
@@ -303,7 +304,7 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
             loss.backward()
             if penalties:
                 loss = loss.detach() + models.add_penalty_grads(net)
-            opt.step()
+            opt_step()
             schedule.step()
             if constraints:
                 models.apply_constraints(net)

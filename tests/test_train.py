@@ -163,3 +163,43 @@ def test_epoch_line_shows_val_only_when_there_is_a_split():
                                        "  val_acc 0.7500  1.2s")
     no_val = {**row, "val_loss": math.nan, "val_accuracy": math.nan}
     assert runs.epoch_line(no_val, 3) == "epoch 2/3  loss 0.5000  acc 0.8000  1.2s"
+
+
+@pytest.mark.parametrize("name,wd", [("adam", 0.0), ("adam", 1e-3), ("adamw", 0.01)])
+def test_stepper_moves_the_weights_exactly_as_optimizer_step(name, wd):
+    """optim.stepper calls the fused kernel itself: the same weights and state to the bit as
+    torch's Adam/AdamW step, under a changing learning rate, and after a state reload."""
+    runs_ = []
+    for direct in (False, True):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+        train_cfg = {"optimizer": name, "lr": 0.01, "weight_decay": wd, "schedule": "onecycle",
+                     "warmup_epochs": 0, "epochs": 2}
+        opt = optim.make_optimizer(net.parameters(), train_cfg)
+        schedule = optim.make_schedule(opt, train_cfg, 4)
+        step = optim.stepper(opt) if direct else opt.step
+        assert (step is opt.step) != direct
+        start = net[0].weight.detach().clone()
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        for i in range(8):
+            if i == 5:  # a resume replaces the state tensors
+                opt.load_state_dict(opt.state_dict())
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            step()
+            schedule.step()
+        assert net[0].weight.ne(start).all()
+        runs_.append([p.detach().clone() for p in net.parameters()]
+                     + [t for s in opt.state.values() for t in (s["exp_avg"], s["exp_avg_sq"],
+                                                                s["step"])])
+    assert runs_[0][-1].item() == 8  # every step counted
+    for a, b in zip(*runs_, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop"])
+def test_stepper_leaves_other_optimizers_to_their_step(name):
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = optim.make_optimizer([p], {"optimizer": name, "lr": 0.1, "weight_decay": 0.0,
+                                     "momentum": 0.0, "nesterov": False})
+    assert optim.stepper(opt) == opt.step
