@@ -33,11 +33,12 @@ def make_optimizer(params, train: dict) -> torch.optim.Optimizer:
 
 def stepper(opt: torch.optim.Optimizer) -> Callable[[], None]:
     """opt.step for the hot loop. Fused Adam and AdamW with one parameter group get their
-    fused kernel called straight on the optimizer's own state: Optimizer.step spends ~0.1-0.2
-    ms of Python per call regrouping the same tensors, a fifth of weil-fc's 0.9 ms step
-    (Intel Xeon with AMX; docs/speed.md). Same kernel, same arguments, so the same numbers to
-    the bit (tests/test_train.py); state_dict, checkpoints and schedules see the same
-    optimizer. The first call, and any step with a missing gradient, go through opt.step."""
+    fused kernel called straight on the optimizer's own state: Optimizer.step spends 0.1-0.3
+    ms of Python per call regrouping the same tensors, 7-11% of weil-fc's step and 2-8% of
+    LeNet-5's (`bench/ab.py stepper`, Intel Xeon with AMX; docs/speed.md). Same kernel, same
+    arguments, so the same numbers to the bit (tests/test_train.py); state_dict, checkpoints
+    and schedules see the same optimizer. The first call, and any step with a missing
+    gradient, go through opt.step."""
     group = opt.param_groups[0]
     if (type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or len(opt.param_groups) > 1
             or not group["fused"] or group["amsgrad"] or group["maximize"]
