@@ -45,14 +45,15 @@ def stepper(opt: torch.optim.Optimizer) -> Callable[[], None]:
             or group["capturable"] or group["differentiable"]):
         return opt.step
     kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-    calls = [0]
+    first = True
 
     def step() -> None:
+        nonlocal first
         group = opt.param_groups[0]  # fetched each time, as is the state: a resume replaces both
         params = group["params"]
         grads = [p.grad for p in params]
-        calls[0] += 1
-        if calls[0] == 1 or any(g is None for g in grads):
+        if first or any(g is None for g in grads):
+            first = False
             opt.step()
             return
         state = [opt.state[p] for p in params]
