@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import statistics
 import sys
 import time
@@ -59,9 +60,10 @@ def optimizer_variants(config: dict) -> dict:
         return lambda params, train: torch.optim.Adam(params, lr=1e-3, eps=optim.KERAS_EPSILON,
                                                       **flag)
 
-    return {name: make_step(config, False, make_optimizer=adam(flag)) for name, flag in (
-        ("for-loop", {"foreach": False}), ("foreach", {"foreach": True}),
-        ("fused", {"fused": True}))}
+    flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True},
+             "fused": {"fused": True}}
+    return {name: make_step(config, False, make_optimizer=adam(flag), stepper=False)
+            for name, flag in flags.items()}
 
 
 def penalty_variants(config: dict) -> dict:
@@ -205,8 +207,6 @@ def whole_variants(config: dict) -> dict:
 
 def _activation_before_pool(module: torch.nn.Module) -> torch.nn.Module:
     """Undo models._pool_before_activation: each moved activation back before its pool."""
-    import itertools
-
     from fashionlab import models
 
     for a, b in itertools.pairwise(module):
