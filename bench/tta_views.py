@@ -18,6 +18,7 @@ import os
 import torch
 
 from fashionlab import data, hardware, inference
+from fashionlab.augment import shift
 
 SHIFTS8 = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
 VIEWS = {  # name: (pixel offsets, mirror too)
@@ -28,19 +29,10 @@ VIEWS = {  # name: (pixel offsets, mirror too)
 }
 
 
-def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Images (N, H, W) moved dx right and dy down, the uncovered edge black."""
-    h, w = x.shape[-2:]
-    out = torch.zeros_like(x)
-    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    return out
-
-
 def view_accuracies(trained: inference.Trained, x: torch.Tensor, y: torch.Tensor
                     ) -> dict[str, float]:
-    """Accuracy % per view; turns the run's own tta_flip off so each view is only its own."""
-    trained.config["train"]["tta_flip"] = False
+    """Accuracy % per view; turns the run's own test-time views off so each is only its own."""
+    trained.config["train"].update(tta_flip=False, tta_shift=0)
     z = {(dx, dy, f): trained.logits(shift(x, dx, dy).flip(-1) if f else shift(x, dx, dy))
          for dx, dy in SHIFTS8 for f in (False, True)}
     out = {}

@@ -37,6 +37,13 @@ def translate(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tenso
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
+def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Images moved dx pixels right and dy down, the uncovered edge black (test-time views)."""
+    h, w = x.shape[-2:]
+    p = max(abs(dx), abs(dy))
+    return F.pad(x, (p,) * 4)[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
 def rotate(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
     angle = (_uniform(len(x), gen, x.device) * 2 - 1) * math.radians(degrees)
     cos, sin = torch.cos(angle), torch.sin(angle)

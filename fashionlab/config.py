@@ -64,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "channels_last": "auto",         # auto | on | off, for conv nets
         "conv": "auto",                  # auto | direct | dft: CPU conv algorithms (convs.py)
         "tta_flip": False,               # evaluate on image + mirror image, averaged
+        "tta_shift": 0,                  # also on the image moved N pixels each of 4 ways
         "eval_batch_size": 256,          # activations of 256 images stay in kept heap blocks
     },
     "augment": {
@@ -87,7 +88,7 @@ CHOICES = {
 }
 POSITIVE = {("train", "batch_size"), ("train", "epochs"), ("train", "eval_batch_size")}
 NON_NEGATIVE = {("train", k) for k in ("lr", "momentum", "weight_decay", "warmup_epochs",
-                                        "label_smoothing", "ema", "patience")}
+                                        "label_smoothing", "ema", "patience", "tta_shift")}
 PROBABILITIES = {("augment", "flip"), ("augment", "erase"), ("train", "label_smoothing"),
                  ("train", "ema")}
 
@@ -125,6 +126,8 @@ def _check_value(section: str, key: str, value: Any) -> Any:
         raise SpecError(f"{where} must be positive, got {value}")
     if (section, key) in NON_NEGATIVE and value < 0:
         raise SpecError(f"{where} must not be negative, got {value}")
+    if (section, key) == ("train", "tta_shift") and value >= 14:
+        raise SpecError(f"{where} must be under 14 pixels (half a 28x28 image), got {value}")
     if (section, key) in PROBABILITIES and not 0 <= value < 1:
         raise SpecError(f"{where} must lie in [0, 1), got {value}")
     return value

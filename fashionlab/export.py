@@ -20,7 +20,7 @@ from torch import nn
 
 from fashionlab import data
 from fashionlab.errors import UserError
-from fashionlab.inference import Trained, as_input, load_trained
+from fashionlab.inference import Trained, averaged_logits, load_trained
 
 OPSET = 18
 FORMATS = ("onnx", "torchscript")
@@ -29,19 +29,15 @@ OUTPUTS = ("logits", "probabilities")
 
 
 class Pixels(nn.Module):
-    """The run's model with its input normalisation (and mirror averaging, if used) built in."""
+    """The run's model with its input normalisation and test-time views built in."""
 
     def __init__(self, trained: Trained):
         super().__init__()
         self.module = trained.net.module
         self.config = trained.config
-        self.flip = bool(trained.config["train"]["tta_flip"])
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = as_input(pixels, self.config, channels_last=False)
-        z = self.module(x)
-        if self.flip:
-            z = (z + self.module(x.flip(3))) / 2
+        z = averaged_logits(self.module, pixels, self.config, channels_last=False)
         return z, torch.softmax(z, dim=1)
 
 

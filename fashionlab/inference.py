@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fashionlab import augment, data, hardware, models, runs
 from fashionlab import config as cfg
-from fashionlab import data, hardware, models, runs
 from fashionlab.errors import RunError
 
 
@@ -54,22 +54,38 @@ def as_input(x: torch.Tensor, config: dict, channels_last: bool) -> torch.Tensor
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def views(pixels: torch.Tensor, config: dict) -> list[torch.Tensor]:
+    """The test-time views a recipe asks for, in pixel units: the image, its copies moved
+    `tta_shift` pixels each of four ways, and the mirror image of each if `tta_flip`."""
+    n = config["train"]["tta_shift"]
+    out = [pixels]
+    if n:
+        out += [augment.shift(pixels, dx, dy) for dx, dy in ((n, 0), (-n, 0), (0, n), (0, -n))]
+    if config["train"]["tta_flip"]:
+        out += [v.flip(-1) for v in out]
+    return out
+
+
+def averaged_logits(module: nn.Module, pixels: torch.Tensor, config: dict,
+                    channels_last: bool) -> torch.Tensor:
+    """Float32 logits averaged over the views; one view is the plain forward pass."""
+    z = [module(as_input(v, config, channels_last)).float() for v in views(pixels, config)]
+    return sum(z[1:], z[0]) / len(z)
+
+
 @torch.no_grad()
 def logits(module: nn.Module, images: torch.Tensor, config: dict, device: torch.device,
            precision: str, channels_last: bool = False) -> torch.Tensor:
-    """Logits for every image, in batches, in eval mode (mirror-averaged if tta_flip)."""
+    """Logits for every image, in batches, in eval mode, averaged over the test-time views."""
     was_training = module.training
     module.eval()
     out = []
     batch = config["train"]["eval_batch_size"]
     try:
         for i in range(0, len(images), batch):
-            x = as_input(images[i:i + batch].to(device), config, channels_last)
             with hardware.autocast(device, precision):
-                y = module(x).float()
-                if config["train"]["tta_flip"]:
-                    y = (y + module(x.flip(3)).float()) / 2
-            out.append(y)
+                out.append(averaged_logits(module, images[i:i + batch].to(device), config,
+                                           channels_last))
     finally:
         module.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10, device=device)

@@ -52,6 +52,7 @@ def check_config(config: dict) -> None:
     unsupported = [(t["optimizer"] != "sgd", f"train.optimizer = {t['optimizer']!r} (only sgd)"),
                    (t["schedule"] != "constant", f"train.schedule = {t['schedule']!r}"),
                    (t["warmup_epochs"] > 0, "train.warmup_epochs"), (t["ema"] > 0, "train.ema"),
+                   (t["tta_shift"] > 0, "train.tta_shift"),
                    (t["patience"] > 0, "train.patience (early stopping)"),
                    (t["precision"] == "bf16", "train.precision = 'bf16'"),
                    *((v != 0, f"augment.{k}") for k, v in config["augment"].items())]

@@ -113,3 +113,11 @@ def test_apply_with_everything_off_returns_the_batch() -> None:
     x = images(4)
     assert not augment.enabled(OFF)
     assert augment.apply(x, OFF, gen()) is x
+
+
+def test_shift_moves_the_image_and_blacks_the_edge():
+    x = torch.arange(1, 10, dtype=torch.uint8).reshape(1, 3, 3)
+    assert augment.shift(x, 1, 0).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
+    assert augment.shift(x, 0, -1).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
+    assert augment.shift(x, -2, 0).tolist() == [[[3, 0, 0], [6, 0, 0], [9, 0, 0]]]
+    assert torch.equal(augment.shift(x, 0, 0), x)

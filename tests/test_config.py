@@ -57,6 +57,8 @@ def test_digest_ignores_recipe_header_but_not_training(tiny_config):
     ("train.optimizer=adagrad", "train.optimizer must be one of sgd, adam, adamw, rmsprop"),
     ("train.nesterov=1", "must be true/false"),
     ("augment.flip=1.5", r"augment.flip must lie in \[0, 1\)"),
+    ("train.tta_shift=-1", "train.tta_shift must not be negative"),
+    ("train.tta_shift=14", "train.tta_shift must be under 14 pixels"),
     ("model.layers.9.units=3", "no layer 9"),
     ("lr", "expected KEY=VALUE"),
     ("a.b.c=1", "unknown key"),

@@ -28,11 +28,12 @@ LAYERS = [
 @pytest.fixture(scope="module")
 def conv_run(tmp_path_factory):
     """A small conv net with every layer kind that behaves differently in eval mode, trained
-    with standard normalisation and mirror averaging so the graph has to carry both."""
+    with standard normalisation and shifted and mirrored test-time views, so the graph has to
+    carry both."""
     root = tmp_path_factory.mktemp("export")
     config = {"model": {"name": "tiny-cnn", "layers": LAYERS},
               "data": {"dataset": "any", "val": "first:50", "normalize": "standard"},
-              "train": {"epochs": 1, "seed": 2, "tta_flip": True}}
+              "train": {"epochs": 1, "seed": 2, "tta_flip": True, "tta_shift": 1}}
     return train(config, data_dir=str(write_idx_set(root / "data")), out=str(root / "runs"),
                  quiet=True)
 

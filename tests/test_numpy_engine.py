@@ -175,6 +175,7 @@ def test_params_flops_and_shapes_agree_with_models(name):
     ({"train": {"optimizer": "adam"}}, "train.optimizer"),
     ({"train": {"schedule": "cosine"}}, "train.schedule"),
     ({"augment": {"flip": 0.5}}, "augment.flip"),
+    ({"train": {"tta_shift": 1}}, "train.tta_shift"),
 ])
 def test_unsupported_options_are_refused_by_name(tiny_config, tiny_data, change, named):
     config = cfg.resolve(tiny_config, overrides=["train.engine=numpy", "train.optimizer=sgd"])

@@ -135,6 +135,17 @@ def test_frontier_recipes_resolve(recipe):
     assert net.is_conv and net.flops > 1e6 and net.params > 10_000
 
 
+def test_fast_is_the_validated_c13_fitted_on_all_images():
+    """fast's settings must be those chosen on validation (bench/frontier/c13.toml), or the
+    recipe's claim to validation-only model selection is void; only the split and the epochs
+    (same optimizer steps, the test below) may differ."""
+    fast, c13 = cfg.resolve("fast"), cfg.resolve(str(BENCH / "frontier" / "c13.toml"))
+    for config in (fast, c13):
+        del config["recipe"], config["model"]["name"]
+        del config["data"]["val"], config["train"]["epochs"]
+    assert fast == c13
+
+
 @pytest.mark.parametrize("recipe, validated_epochs, slack", [("fast", 12, 1), ("best", 30, 469)])
 def test_frontier_final_fit_keeps_the_validated_schedule(recipe, validated_epochs, slack):
     """fast and best were chosen holding out 5000 images (bench/frontier/c11.toml's 12 epochs;
@@ -290,12 +301,29 @@ def test_keep_freed_memory_yields_to_the_users_setting(monkeypatch):
     assert hardware.keep_freed_memory() is (hardware.platform.system() == "Linux")
 
 
-def test_tta_views_shift_moves_the_image_and_blacks_the_edge():
-    shift = _load("tta_views").shift
-    x = torch.arange(1, 10, dtype=torch.uint8).reshape(1, 3, 3)
-    assert shift(x, 1, 0).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
-    assert shift(x, 0, -1).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
-    assert torch.equal(shift(x, 0, 0), x)
+def test_test_time_views_average_shifted_and_mirrored_logits():
+    from fashionlab import augment, inference
+
+    config = cfg.resolve("quick-cnn", overrides=["train.tta_flip=true", "train.tta_shift=2"])
+    torch.manual_seed(0)
+    module = models.build(config["model"]["layers"]).module.eval()
+    x = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    views = inference.views(x, config)
+    assert len(views) == 10 and torch.equal(views[1], augment.shift(x, 2, 0))
+    assert torch.equal(views[5], x.flip(-1)) and torch.equal(views[9], views[4].flip(-1))
+
+    def plain(v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(inference.as_input(v, config, False))
+
+    cpu = torch.device("cpu")
+    moves = [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]
+    expected = sum(plain(f(augment.shift(x, dx, dy))) for dx, dy in moves
+                   for f in (lambda v: v, lambda v: v.flip(-1))) / 10
+    torch.testing.assert_close(logits(module, x, config, cpu, "fp32"), expected)
+    config["train"]["tta_shift"] = 0  # mirror only: the same numbers as before views existed
+    assert torch.equal(logits(module, x, config, cpu, "fp32"),
+                       (plain(x) + plain(x.flip(-1))) / 2)
 
 
 def test_tta_views_flip_view_scores_what_tta_flip_scores(tiny_run):
