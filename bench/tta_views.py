@@ -2,18 +2,26 @@
 
     .venv/bin/python bench/tta_views.py RUN [RUN ...]            # validation images
     .venv/bin/python bench/tta_views.py RUN --split test         # only once a view is chosen
+    .venv/bin/python bench/tta_views.py --arm c13 'runs/c13-s*/2026*' --arm tr1 'runs/tr1-s*/2026*'
 
 Scores each run folder's final weights on its own validation split (the run's `data.val`)
 under four test-time views, logits averaged: the image alone; image + mirror (what
 `train.tta_flip` does); those two at the 4 one-pixel shifts as well (10 views); and at all 8
 (18 views). A shift moves the raw image and fills the edge with black, as training's
 `augment.translate` does.
+
+With `--arm NAME GLOB` (repeatable) the runs come in named groups, e.g. one setting over
+several seeds, and a summary follows: each view's mean ± std per arm, and each arm minus the
+first on the runs they share (same seed, same held-out images), with how many of those
+differences are above zero. Pairing matters: seeds move accuracy as much as the settings do.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import statistics
 
 import torch
 
@@ -42,19 +50,60 @@ def view_accuracies(trained: inference.Trained, x: torch.Tensor, y: torch.Tensor
     return out
 
 
+def _spread(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def paired_summary(rows: list[tuple[str, tuple, dict[str, float]]]) -> list[str]:
+    """Markdown lines from (arm, pairing key, accuracies) rows; arms in first-seen order."""
+    arms: dict[str, dict[tuple, dict[str, float]]] = {}
+    for arm, key, acc in rows:
+        arms.setdefault(arm, {})[key] = acc
+    first = next(iter(arms.values()))
+    out = [f"| arm | runs | {' | '.join(VIEWS)} |", f"|---|---|{'---|' * len(VIEWS)}"]
+    for arm, runs in arms.items():
+        out.append(f"| {arm} | {len(runs)} | "
+                   + " | ".join(_spread([a[v] for a in runs.values()]) for v in VIEWS) + " |")
+    out += ["", f"| arm minus {next(iter(arms))} | pairs | {' | '.join(VIEWS)} |",
+            f"|---|---|{'---|' * len(VIEWS)}"]
+    for arm, runs in list(arms.items())[1:]:
+        shared = [k for k in runs if k in first]
+        if not shared:
+            out.append(f"| {arm} | 0 |{' - |' * len(VIEWS)}")
+            continue
+        cells = []
+        for v in VIEWS:
+            d = [runs[k][v] - first[k][v] for k in shared]
+            cells.append(f"{statistics.mean(d):+.2f} ({sum(x > 0 for x in d)}/{len(d)} above 0)")
+        out.append(f"| {arm} | {len(shared)} | {' | '.join(cells)} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("runs", nargs="*", help="run folders")
     p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--arm", nargs=2, action="append", default=[], metavar=("NAME", "GLOB"),
+                   help="a named group of run folders (a quoted glob); repeat to compare")
     args = p.parse_args(argv)
+    runs = [("", path) for path in args.runs]
+    for name, pattern in args.arm:
+        found = sorted(glob.glob(pattern))
+        if not found:
+            p.error(f"--arm {name}: no run folder matches {pattern}")
+        runs += [(name, path) for path in found]
+    if not runs:
+        p.error("give run folders, or --arm NAME GLOB")
     hardware.keep_freed_memory()
     hardware.configure_threads()
     print(f"CPU: {hardware.cpu_description()}, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"| run | split | {' | '.join(VIEWS)} |")
-    print(f"|---|---|{'---|' * len(VIEWS)}")
+    print(f"| arm | run | split | {' | '.join(VIEWS)} |")
+    print(f"|---|---|---|{'---|' * len(VIEWS)}")
     cache: dict[str, data.DataSet] = {}
-    for path in args.runs:
+    rows = []
+    for arm, path in runs:
         trained = inference.load_trained(path, "fp32")
         dataset = trained.config["data"]["dataset"]
         if dataset not in cache:
@@ -70,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
             x, y = ds.train_x[val], ds.train_y[val]
         acc = view_accuracies(trained, torch.from_numpy(x), torch.from_numpy(y).long())
         shown = " | ".join(f"{a:.2f}" for a in acc.values())
-        print(f"| {trained.run.path.name} | {args.split} | {shown} |", flush=True)
+        print(f"| {arm} | {trained.run.path.name} | {args.split} | {shown} |", flush=True)
+        rows.append((arm, (trained.config["train"]["seed"], trained.config["data"]["val"]), acc))
+    if args.arm:
+        print("", *paired_summary(rows), sep="\n")
 
 
 if __name__ == "__main__":

@@ -345,6 +345,24 @@ def test_tta_views_flip_view_scores_what_tta_flip_scores(tiny_run):
     assert got["flip"] == pytest.approx(expected["flip"])
 
 
+def test_tta_views_pairs_arms_by_seed_and_split():
+    """The arm differences must pair runs that share a seed and held-out images, and skip the
+    rest, or a seed's luck would be read as a setting's worth."""
+    views = _load("tta_views").VIEWS
+
+    def acc(value):
+        return dict.fromkeys(views, value)
+
+    rows = [("a", (1, "first:5000"), acc(94.0)), ("a", (2, "first:5000"), acc(94.4)),
+            ("a", (1, "last:5000"), acc(93.0)),
+            ("b", (2, "first:5000"), acc(94.2)), ("b", (1, "last:5000"), acc(93.5)),
+            ("b", (3, "first:5000"), acc(99.0))]  # no partner in arm a
+    lines = _load("tta_views").paired_summary(rows)
+    assert lines[2].startswith("| a | 3 | 93.80 ± 0.72 |")
+    assert lines[3].startswith("| b | 3 | 95.57 ± 2.99 |")
+    assert lines[-1].startswith("| b | 2 | +0.15 (1/2 above 0) |")
+
+
 def test_ema_bench_scores_the_loops_own_average_and_untouched_live_weights(tiny_data, tiny_config,
                                                                           tmp_path):
     """bench/ema.py's extra averages must not change training: its live weights score what a
