@@ -169,7 +169,7 @@ def _load(name: str):
 
 @pytest.mark.parametrize("name", ["vs_keras", "throughput", "profile_step", "frontier_plot", "ab",
                                   "convs", "loop_overhead", "keras_order", "tta_views", "threads",
-                                  "ema"])
+                                  "ema", "ensemble"])
 def test_bench_scripts_show_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         _load(name).main(["--help"])
@@ -361,6 +361,15 @@ def test_tta_views_pairs_arms_by_seed_and_split():
     assert lines[2].startswith("| a | 3 | 93.80 ± 0.72 |")
     assert lines[3].startswith("| b | 3 | 95.57 ± 2.99 |")
     assert lines[-1].startswith("| b | 2 | +0.15 (1/2 above 0) |")
+
+
+def test_ensemble_averages_log_probabilities_of_the_first_n_runs():
+    """Two members each wrong on a different image, and confident where right, must together
+    get both: the ensemble's column must average, not take the first member or vote."""
+    y = torch.tensor([0, 1, 2])
+    a = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]]))
+    b = torch.log(torch.tensor([[0.4, 0.5, 0.1], [0.05, 0.9, 0.05], [0.1, 0.1, 0.8]]))
+    assert _load("ensemble").ensemble_accuracies([a, b], y) == pytest.approx([200 / 3, 100.0])
 
 
 def test_ema_bench_scores_the_loops_own_average_and_untouched_live_weights(tiny_data, tiny_config,
