@@ -5,9 +5,10 @@
 
 Scores each run folder's final weights (with the run's own test-time views, fp32) on its
 held-out images, then the ensembles of its first 2, 3, ... runs: log-probabilities averaged.
-Runs are grouped by held-out split (`data.val`), since only runs scored on the same images
-can be averaged. If independently seeded nets gain little together, their errors are the
-same images, and more of the same net (or more seeds of it) cannot reach much further.
+Runs are grouped by held-out split (`data.val`, and the seed for a random one), since
+only runs scored on the same images can be averaged. If independently seeded nets gain
+little together, their errors are the same images, and more of the same net (or more seeds
+of it) cannot reach much further.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
 from fashionlab import data, hardware, inference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tta_views import scored_images  # noqa: E402
 
 
 def ensemble_accuracies(log_probs: list[torch.Tensor], y: torch.Tensor) -> list[float]:
@@ -40,31 +46,28 @@ def main(argv: list[str] | None = None) -> None:
     hardware.configure_threads()
     print(f"CPU: {hardware.cpu_description()}, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    ds = data.load()
-    groups: dict[str, tuple[torch.Tensor, list[torch.Tensor], list[str]]] = {}
+    cache: dict[str, data.DataSet] = {}
+    groups: dict[tuple, tuple[torch.Tensor, list[torch.Tensor], list[str]]] = {}
     for path in args.runs:
         trained = inference.load_trained(path, "fp32")
-        key = "test" if args.split == "test" else trained.config["data"]["val"]
-        if args.split == "test":
-            x, y = ds.test_x, ds.test_y
-        else:
-            _, val = data.split(len(ds.train_x), key, trained.config["train"]["seed"])
-            if not len(val):
-                raise SystemExit(f"{path}: the run held out no validation images")
-            x, y = ds.train_x[val], ds.train_y[val]
-        z = torch.log_softmax(trained.logits(torch.from_numpy(x)), 1)
-        _, members, names = groups.setdefault(key, (torch.from_numpy(y).long(), [], []))
-        members.append(z)
+        x, y = scored_images(trained, args.split, cache)
+        val = "test" if args.split == "test" else trained.config["data"]["val"]
+        if val.startswith("fraction"):  # a seeded random split: other seeds, other images
+            val += f" (seed {trained.config['train']['seed']})"
+        key = (trained.config["data"]["dataset"], val)
+        _, members, names = groups.setdefault(key, (y, [], []))
+        members.append(torch.log_softmax(trained.logits(x), 1))
         names.append(trained.run.path.name)
     for key, (y, members, names) in groups.items():
         single = [100 * (z.argmax(1) == y).float().mean().item() for z in members]
-        print(f"\n{key}: {len(y)} images\n")
+        print(f"\n{key[0]}, {key[1]}: {len(y)} images\n")
         print("| n | run n | run n alone % | runs 1..n averaged % | minus their mean alone |")
         print("|---|---|---|---|---|")
         rows = zip(names, single, ensemble_accuracies(members, y), strict=True)
         for n, (name, alone, together) in enumerate(rows, 1):
             print(f"| {n} | {name} | {alone:.2f} | {together:.2f} | "
                   f"{together - statistics.mean(single[:n]):+.2f} |")
+
 
 if __name__ == "__main__":
     main()

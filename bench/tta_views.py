@@ -37,6 +37,25 @@ VIEWS = {  # name: (pixel offsets, mirror too)
 }
 
 
+def scored_images(trained: inference.Trained, split: str, cache: dict[str, data.DataSet]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's test images, or its own held-out ones (its `data.val` and seed), as uint8
+    images and int64 labels; cache keeps each data set loaded once across runs."""
+    dataset = trained.config["data"]["dataset"]
+    if dataset not in cache:
+        cache[dataset] = data.load(dataset=dataset)
+    ds = cache[dataset]
+    if split == "test":
+        x, y = ds.test_x, ds.test_y
+    else:
+        _, val = data.split(len(ds.train_x), trained.config["data"]["val"],
+                            trained.config["train"]["seed"])
+        if not len(val):
+            raise SystemExit(f"{trained.run.path}: the run held out no validation images")
+        x, y = ds.train_x[val], ds.train_y[val]
+    return torch.from_numpy(x), torch.from_numpy(y).long()
+
+
 def view_accuracies(trained: inference.Trained, x: torch.Tensor, y: torch.Tensor
                     ) -> dict[str, float]:
     """Accuracy % per view; turns the run's own test-time views off so each is only its own."""
@@ -105,19 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for arm, path in runs:
         trained = inference.load_trained(path, "fp32")
-        dataset = trained.config["data"]["dataset"]
-        if dataset not in cache:
-            cache[dataset] = data.load(dataset=dataset)
-        ds = cache[dataset]
-        if args.split == "test":
-            x, y = ds.test_x, ds.test_y
-        else:
-            _, val = data.split(len(ds.train_x), trained.config["data"]["val"],
-                                trained.config["train"]["seed"])
-            if not len(val):
-                raise SystemExit(f"{path}: the run held out no validation images")
-            x, y = ds.train_x[val], ds.train_y[val]
-        acc = view_accuracies(trained, torch.from_numpy(x), torch.from_numpy(y).long())
+        acc = view_accuracies(trained, *scored_images(trained, args.split, cache))
         shown = " | ".join(f"{a:.2f}" for a in acc.values())
         print(f"| {arm} | {trained.run.path.name} | {args.split} | {shown} |", flush=True)
         rows.append((arm, (trained.config["train"]["seed"], trained.config["data"]["val"]), acc))
