@@ -345,6 +345,20 @@ def test_tta_views_flip_view_scores_what_tta_flip_scores(tiny_run):
     assert got["flip"] == pytest.approx(expected["flip"])
 
 
+def test_tta_views_ten_view_column_scores_what_tta_shift_1_scores(tiny_run):
+    """The "flip+shift4" column is reported as the recipe's ten views (fast's tta_shift = 1);
+    the script enumerates its views itself, so it must agree with inference.views."""
+    from fashionlab import inference
+
+    trained = inference.load_trained(tiny_run, "fp32")
+    x = torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(1))
+    trained.config["train"].update(tta_flip=True, tta_shift=1)
+    y = trained.logits(x).argmax(1)  # labels the ten views get all right, and others may not
+    tta_views = _load("tta_views")
+    assert tta_views.view_accuracies(trained, x, y)["flip+shift4"] == 100.0
+
+
 def test_tta_views_pairs_arms_by_seed_and_split():
     """The arm differences must pair runs that share a seed and held-out images, and skip the
     rest, or a seed's luck would be read as a setting's worth."""
