@@ -145,8 +145,8 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     if train_cfg["engine"] == "numpy":
         from fashionlab import numpy_engine
 
-        return numpy_engine.train(config, data_dir=data_dir, out=out, quiet=quiet,
-                                  hooks=hooks, resume=resume)
+        return numpy_engine.train(cfg.for_precision(config, "fp32"), data_dir=data_dir,
+                                  out=out, quiet=quiet, hooks=hooks, resume=resume)
     seed = train_cfg["seed"]
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -154,6 +154,13 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     net = models.build(config["model"]["layers"])
     dev = hardware.device()
     precision = hardware.resolve_precision(train_cfg["precision"], dev, net.conv_flops)
+    bf16_keys = cfg.bf16_keys(config) if precision == "bf16" else {}
+    if bf16_keys and not quiet and distributed.is_main():
+        print("training in bf16, so the recipe's [bf16] keys apply: "
+              + ", ".join(f"{key} = {value!r}" for key, value in bf16_keys.items()),
+              file=sys.stderr)
+    config = cfg.for_precision(config, precision)
+    train_cfg = config["train"]
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
     matmul_convs = convs.whole_input(net, train_cfg["conv"], dev)
@@ -174,7 +181,8 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         runs.start(run_dir, cfg.dumps(config), {
             "name": config["model"]["name"], "engine": "torch", "seed": seed,
             "config_digest": cfg.digest(config), "device": str(dev),
-            "precision": precision, "dft_convs": dft_convs, "matmul_convs": matmul_convs,
+            "precision": precision, **({"bf16_keys": bf16_keys} if bf16_keys else {}),
+            "dft_convs": dft_convs, "matmul_convs": matmul_convs,
             "cpu": hardware.cpu_description(),
             **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {}),
             "torch": torch.__version__, "params": net.params, "pid": os.getpid(),

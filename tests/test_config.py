@@ -94,3 +94,33 @@ def test_keras_default_learning_rates():
     assert config.learning_rate({"lr": 0.0, "optimizer": "sgd"}) == 0.01
     assert config.learning_rate({"lr": 0.0, "optimizer": "rmsprop"}) == 0.001
     assert config.learning_rate({"lr": 0.5, "optimizer": "adam"}) == 0.5
+
+
+def test_bf16_table_applies_only_in_bf16_and_command_line_keys_win(tiny_config):
+    doc = {**tiny_config, "bf16": {"train": {"epochs": 5, "lr": 0.01},
+                                   "augment": {"translate": 1}}}
+    resolved = config.resolve(doc, flags={"train.lr": 0.002})
+    assert config.bf16_keys(resolved) == {"train.epochs": 5, "augment.translate": 1}
+    bf16, fp32 = config.for_precision(resolved, "bf16"), config.for_precision(resolved, "fp32")
+    assert (bf16["train"]["epochs"], bf16["augment"]["translate"], bf16["train"]["lr"]) == (
+        5, 1, 0.002)
+    assert (fp32["train"]["epochs"], fp32["augment"]["translate"], fp32["train"]["lr"]) == (
+        2, 0, 0.002)
+    assert "bf16" not in bf16 and "bf16" not in fp32  # the run folder's config is what ran
+    set_on_command_line = config.resolve(doc, overrides=["train.epochs=3"])
+    assert config.for_precision(set_on_command_line, "bf16")["train"]["epochs"] == 3
+    again = config.resolve(config.parse_toml(config.dumps(resolved), "x"))
+    assert again == resolved and config.digest(again) == config.digest(resolved)
+    assert "bf16" not in config.resolve(tiny_config)  # optional: old run folders' digests hold
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"train": {"epoch": 5}}, r"unknown key bf16.train.epoch \(did you mean 'epochs'\?\)"),
+    ({"data": {"val": "none"}}, r"\[bf16\] holds train.\* and augment.\* keys, not 'data'"),
+    ({"train": {"precision": "fp32"}}, "bf16.train.precision cannot depend on the precision"),
+    ({"train": {"epochs": 0}}, "train.epochs must be positive"),
+    ({"augment": 3}, "bf16.augment must be a table"),
+])
+def test_bad_bf16_tables(tiny_config, table, message):
+    with pytest.raises(SpecError, match=message):
+        config.resolve({**tiny_config, "bf16": table})

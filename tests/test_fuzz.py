@@ -11,6 +11,7 @@ import math
 import string
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import tomli_w
@@ -158,6 +159,9 @@ SECTIONS = {section: st.dictionaries(st.one_of(st.sampled_from(list(keys)), NAME
                                      max_size=4) for section, keys in cfg.DEFAULTS.items()}
 SECTIONS["model"] = st.fixed_dictionaries({}, optional={
     "name": VALUES, "layers": st.one_of(st.lists(LAYER, max_size=5), VALUES)})
+SECTIONS["bf16"] = st.dictionaries(st.one_of(st.sampled_from(["train", "augment"]), NAMES),
+                                   st.one_of(SECTIONS["train"], SECTIONS["augment"], VALUES),
+                                   max_size=2)
 DOCUMENTS = st.fixed_dictionaries({}, optional={**SECTIONS, "junk": VALUES})
 
 
@@ -170,8 +174,10 @@ def check_config(doc: dict, overrides: list[str] = ()) -> None:
     result = outcome(build)
     if result is not None:
         config, net = result
-        assert all(math.isfinite(v) for table in config.values() for v in table.values()
-                   if isinstance(v, float))
+        for ran in (cfg.for_precision(config, "bf16"), cfg.for_precision(config, "fp32")):
+            assert all(math.isfinite(v) for table in ran.values() for v in table.values()
+                       if isinstance(v, float))
+            assert cfg.resolve(ran) == ran  # what a run saves is a valid config
         assert net.rows[-1].output == (10,) and net.params > 0
         assert cfg.digest(cfg.resolve(cfg.parse_toml(cfg.dumps(config), "x"))) == cfg.digest(
             config)
@@ -248,6 +254,10 @@ def test_layer_stacks_match_torch_shapes(layers, close):
     if net is None:
         return
     x = torch.zeros(2, *models.INPUT_SHAPE)
+    assert tuple(net.module.eval()(x).shape) == (2, *net.rows[-1].output)
+    # block by block, in the spec's order: before a max pool moves an activation after it
+    with mock.patch.object(models, "_pool_before_activation", lambda module: None):
+        net = models.build(layers)
     net.module.eval()
     for block, row in zip(net.module, net.rows, strict=True):
         x = block(x)

@@ -135,25 +135,40 @@ def test_frontier_recipes_resolve(recipe):
     assert net.is_conv and net.flops > 1e6 and net.params > 10_000
 
 
-def test_fast_is_the_validated_c13_fitted_on_all_images():
-    """fast's settings must be those chosen on validation (bench/frontier/c13.toml), or the
-    recipe's claim to validation-only model selection is void; only the split and the epochs
-    (same optimizer steps, the test below) may differ."""
-    fast, c13 = cfg.resolve("fast"), cfg.resolve(str(BENCH / "frontier" / "c13.toml"))
-    for config in (fast, c13):
+@pytest.mark.parametrize("spec", sorted((BENCH / "frontier").glob("c*.toml")), ids=lambda p: p.stem)
+def test_frontier_search_specs_build(spec):
+    """docs/speed.md quotes each search spec as a command; a spec that no longer builds
+    would make those commands fail."""
+    config = cfg.resolve(str(spec))
+    net = models.build(config["model"]["layers"])
+    assert config["data"]["val"] != "none"  # search runs select on validation images
+    assert net.is_conv and net.params > 10_000
+
+
+@pytest.mark.parametrize("precision, spec", [("fp32", "c13"), ("bf16", "c16")])
+def test_fast_is_the_validated_spec_fitted_on_all_images(precision, spec):
+    """fast's settings must be those chosen on validation (bench/frontier/c13.toml, and c16 where
+    it trains in bf16), or the recipe's claim to validation-only model selection is void; only
+    the split and the epochs (same optimizer steps, the test below) may differ."""
+    fast = cfg.for_precision(cfg.resolve("fast"), precision)
+    validated = cfg.for_precision(cfg.resolve(str(BENCH / "frontier" / f"{spec}.toml")), "fp32")
+    for config in (fast, validated):
         del config["recipe"], config["model"]["name"]
         del config["data"]["val"], config["train"]["epochs"]
-    assert fast == c13
+    assert fast == validated
 
 
-@pytest.mark.parametrize("recipe, validated_epochs, slack", [("fast", 12, 1), ("best", 30, 469)])
-def test_frontier_final_fit_keeps_the_validated_schedule(recipe, validated_epochs, slack):
-    """fast and best were chosen holding out 5000 images (bench/frontier/c11.toml's 12 epochs;
-    best's 30), then fit all 60000: for the same one-cycle schedule their total optimizer
-    steps must match the validated run's, fast's to the step, best's within one epoch."""
+@pytest.mark.parametrize("recipe, precision, validated_epochs, slack", [
+    ("fast", "fp32", 12, 1), ("fast", "bf16", 18, 469), ("best", "fp32", 30, 469)])
+def test_frontier_final_fit_keeps_the_validated_schedule(recipe, precision, validated_epochs,
+                                                         slack):
+    """fast and best were chosen holding out 5000 images (bench/frontier/c13.toml's 12 epochs,
+    c16's 18; best's 30), then fit all 60000: for the same one-cycle schedule their total
+    optimizer steps must match the validated run's, fast's fp32 one to the step, the others
+    within one epoch."""
     import math
 
-    config = cfg.resolve(recipe)
+    config = cfg.for_precision(cfg.resolve(recipe), precision)
     batch = config["train"]["batch_size"]
     steps = config["train"]["epochs"] * math.ceil(60_000 / batch)
     validated = validated_epochs * math.ceil(55_000 / batch)

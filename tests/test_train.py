@@ -203,3 +203,21 @@ def test_stepper_leaves_other_optimizers_to_their_step(name):
     opt = optim.make_optimizer([p], {"optimizer": name, "lr": 0.1, "weight_decay": 0.0,
                                      "momentum": 0.0, "nesterov": False})
     assert optim.stepper(opt) == opt.step
+
+
+@pytest.mark.parametrize("precision, epochs", [("bf16", 3), ("fp32", 2)])
+def test_bf16_table_sets_what_a_bf16_run_trains_with(tiny_data, tiny_config, tmp_path,
+                                                     precision, epochs):
+    """fast.toml's [bf16] keys: applied where the run trains in bf16, recorded as applied, and
+    the run folder's config is what ran, so a resume elsewhere trains the same run."""
+    doc = {**tiny_config, "bf16": {"train": {"epochs": 3}}}
+    path = run_tiny(tiny_data, doc, tmp_path, "train.epochs=1", f"train.precision={precision}")
+    run = runs.load_run(path)
+    assert run.metrics["epochs_run"] == 1  # --set train.epochs wins over [bf16]
+    path = train(doc, flags={"train.precision": precision}, data_dir=str(tiny_data),
+                 out=str(tmp_path / "runs"), quiet=True)
+    run = runs.load_run(path)
+    assert run.info["precision"] == precision and run.metrics["epochs_run"] == epochs
+    assert run.config["train"]["epochs"] == epochs and "bf16" not in run.config
+    assert run.info.get("bf16_keys") == ({"train.epochs": 3} if precision == "bf16" else None)
+    assert run.info["config_digest"] == config.digest(config.resolve(run.config))
