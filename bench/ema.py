@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fashionlab import config as cfg
-from fashionlab import data, hardware, inference, models
+from fashionlab import data, hardware, inference, models, runs
 
 loop = importlib.import_module("fashionlab.train")  # the module; fashionlab.train is callable
 EMA = loop.EMA  # the loop's own, kept: main() puts Averages in its place
@@ -69,6 +69,7 @@ def validation_scores(spec: str | dict, seed: int, decays: list[float], out: str
     finally:
         loop.EMA = EMA
     kept = KEPT.pop()
+    config = runs.load_run(run_dir).config  # what ran, a recipe's [bf16] keys applied
     dev = hardware.device()
     t = loop.to_tensors(data.load(data_dir, config["data"]["dataset"]), config["data"]["val"],
                         seed, dev)
