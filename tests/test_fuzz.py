@@ -255,7 +255,7 @@ def test_layer_stacks_match_torch_shapes(layers, close):
         return
     x = torch.zeros(2, *models.INPUT_SHAPE)
     assert tuple(net.module.eval()(x).shape) == (2, *net.rows[-1].output)
-    # block by block, in the spec's order: before a max pool moves an activation after it
+    # block by block in the spec's order, without moving activations past max pools
     with mock.patch.object(models, "_pool_before_activation", lambda module: None):
         net = models.build(layers)
     net.module.eval()
