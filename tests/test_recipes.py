@@ -10,7 +10,7 @@ import pytest
 import tomllib
 from conftest import write_idx_set
 
-from fashionlab import config, models, reproduce, runs
+from fashionlab import config, hardware, models, reproduce, runs
 from fashionlab.cli import main
 from fashionlab.errors import UserError
 from fashionlab.train import train
@@ -88,6 +88,19 @@ def test_show_prints_toml_that_resolves_to_the_same_config(
     assert main(["show", name, "--set", "train.epochs=3"]) == 0
     assert tomllib.loads(capsys.readouterr().out)["train"]["epochs"] == 3
     assert main(["show", name, "--set", "train.epoch=3"]) == 2
+
+
+@pytest.mark.parametrize("flags, precision", [([], "fp32"), (["amx_bf16"], "bf16")])
+def test_show_says_whether_a_bf16_table_applies_here(flags, precision, monkeypatch, capsys):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setenv("FASHIONLAB_DEVICE", "cpu")
+    assert main(["show", "fast"]) == 0
+    out, err = capsys.readouterr()
+    assert tomllib.loads(out)["bf16"]["train"]["epochs"] == 16
+    applies = "apply" if precision == "bf16" else "do not apply"
+    assert f"it trains in {precision}: the [bf16] keys {applies}" in err
+    assert main(["show", "weil-cnn"]) == 0
+    assert capsys.readouterr().err == ""  # no table, nothing to say
 
 
 def test_select_by_report_field_or_prefix() -> None:

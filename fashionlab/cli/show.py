@@ -16,7 +16,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from fashionlab import config
 
-    print(config.dumps(config.resolve(args.source, overrides=args.overrides)), end="")
+    resolved = config.resolve(args.source, overrides=args.overrides)
+    print(config.dumps(resolved), end="")
+    if config.bf16_keys(resolved):  # say which half of the recipe this machine would run
+        from fashionlab import hardware, models
+
+        net = models.build(resolved["model"]["layers"])
+        precision = hardware.resolve_precision(resolved["train"]["precision"],
+                                               hardware.device(), net.conv_flops)
+        print(f"here ({hardware.cpu_description()}) it trains in {precision}: the [bf16] keys "
+              f"{'apply' if precision == 'bf16' else 'do not apply'}", file=sys.stderr)
     return 0
