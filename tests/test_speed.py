@@ -135,7 +135,7 @@ def test_frontier_recipes_resolve(recipe):
     assert net.is_conv and net.flops > 1e6 and net.params > 10_000
 
 
-@pytest.mark.parametrize("spec", sorted((BENCH / "frontier").glob("c*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("spec", sorted((BENCH / "frontier").glob("*.toml")), ids=lambda p: p.stem)
 def test_frontier_search_specs_build(spec):
     """docs/speed.md quotes each search spec as a command; a spec that no longer builds
     would make those commands fail."""
