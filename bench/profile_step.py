@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
             tag = f" {precision}" if len(precisions) > 1 else ""
             for layout, b in itertools.product(layouts, batches):
                 cl = layout == "channels_last"
-                at = dict(config, train=dict(config["train"], batch_size=b))
+                ran = cfg.for_precision(config, precision)  # a recipe's [bf16] keys, model
+                at = dict(ran, train=dict(ran["train"], batch_size=b))
                 key = layout + tag + (f" b{b}" if args.batches else "")
                 steps[key], sizes[key] = make_step(at, cl, precision=precision), b
                 if args.compile:

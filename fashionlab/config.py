@@ -89,13 +89,14 @@ CHOICES = {
 POSITIVE = {("train", "batch_size"), ("train", "epochs"), ("train", "eval_batch_size")}
 NON_NEGATIVE = {("train", k) for k in ("lr", "momentum", "weight_decay", "warmup_epochs",
                                         "label_smoothing", "ema", "patience", "tta_shift")}
-# An optional section, [bf16]: train and augment keys that replace those sections' values
-# where the run trains in bf16, which `auto` picks only on CPUs with native bf16 (AMX or
-# AVX-512-BF16), where a conv net's step is about twice as fast; so a recipe with a time
-# target can spend that speed (fast.toml). Flags and --set items still win: a key they set
-# leaves the table. Keys read before the precision is known cannot be in it.
+# An optional section, [bf16]: train and augment keys, and model layers, that replace the
+# recipe's where the run trains in bf16, which `auto` picks only on CPUs with native bf16 (AMX
+# or AVX-512-BF16), where a conv net's step is two or three times as fast; so a recipe with a
+# time target can spend that speed (fast.toml, best.toml). `auto` decides on the recipe's own
+# model. Flags and --set items still win: a key they set leaves the table (a layer's key, the
+# table's layers). Keys read before the precision is known cannot be in it.
 BF16 = "bf16"
-BF16_SECTIONS = ("train", "augment")
+BF16_SECTIONS = ("train", "augment", "model")
 BF16_FIXED = {("train", "precision"), ("train", "engine"), ("train", "seed")}
 
 PROBABILITIES = {("augment", "flip"), ("augment", "erase"), ("train", "label_smoothing"),
@@ -166,8 +167,8 @@ def _merge_bf16(current: dict, table: dict, origin: str) -> dict:
     out = copy.deepcopy(current)
     for section, keys in table.items():
         if section not in BF16_SECTIONS:
-            raise SpecError(f"{origin}: [bf16] holds train.* and augment.* keys, not "
-                            f"{_name(section)!r}")
+            raise SpecError(f"{origin}: [bf16] holds train.*, augment.* and model.layers "
+                            f"keys, not {_name(section)!r}")
         if not isinstance(keys, dict):
             raise SpecError(f"{origin}: bf16.{section} must be a table")
         for key, value in keys.items():
@@ -177,13 +178,15 @@ def _merge_bf16(current: dict, table: dict, origin: str) -> dict:
             if (section, key) in BF16_FIXED:
                 raise SpecError(f"{origin}: bf16.{section}.{key} cannot depend on the "
                                 "precision: it is read before the precision is chosen")
+            if section == "model" and (key != "layers" or not value):
+                raise SpecError(f"{origin}: bf16.model holds a non-empty layers list only")
             out.setdefault(section, {})[key] = _check_value(section, key, value)
     return out
 
 
 def for_precision(config: dict, precision: str) -> dict:
-    """The config a run trains with: the [bf16] keys laid over [train] and [augment] when it
-    trains in bf16, and the table dropped, so the run folder's config says what ran."""
+    """The config a run trains with: the [bf16] keys laid over the recipe's when it trains in
+    bf16, and the table dropped, so the run folder's config says what ran."""
     out = copy.deepcopy(config)
     table = out.pop(BF16, {})
     if precision == "bf16":
@@ -198,12 +201,22 @@ def bf16_keys(config: dict) -> dict[str, Any]:
             for key, value in keys.items()}
 
 
+def bf16_layers(config: dict) -> list | None:
+    """The [bf16] table's model layers, if it has them: the net a bf16 run trains."""
+    return config.get(BF16, {}).get("model", {}).get("layers")
+
+
 def _drop_from_bf16(config: dict, path: list[str]) -> None:
-    """A key set on the command line wins over the recipe's [bf16] value for it."""
+    """A key set on the command line wins over the recipe's [bf16] value for it; a layer's key
+    (model.layers.N.key) edits the recipe's model, so the table's layers leave too."""
+    if len(path) == 4:
+        path = path[:2]
     if len(path) == 2 and path[0] in config.get(BF16, {}):
         config[BF16][path[0]].pop(path[1], None)
         if not config[BF16][path[0]]:
             del config[BF16][path[0]]
+    if BF16 in config and not config[BF16]:
+        del config[BF16]
 
 
 def parse_toml(text: str, origin: str) -> dict:

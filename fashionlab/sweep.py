@@ -123,8 +123,10 @@ def read_space(path: str | Path, base: dict | None = None) -> list[Param]:
 
 def _check_model(config: dict) -> None:
     from fashionlab import models
+    from fashionlab.train import bf16_net
 
     models.build(config["model"]["layers"])
+    bf16_net(config)
 
 
 def override(key: str, value: Any) -> str:

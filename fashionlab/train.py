@@ -44,7 +44,7 @@ from fashionlab import (
     signals,
 )
 from fashionlab import config as cfg
-from fashionlab.errors import DivergedError, RunError, UserError
+from fashionlab.errors import DivergedError, RunError, SpecError, UserError
 from fashionlab.inference import as_input, logits, loss_and_accuracy
 
 CHECK_EVERY = 50  # steps between NaN checks; each check is one host sync
@@ -151,15 +151,15 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    net = models.build(config["model"]["layers"])
     dev = hardware.device()
-    precision = hardware.resolve_precision(train_cfg["precision"], dev, net.conv_flops)
-    bf16_keys = cfg.bf16_keys(config) if precision == "bf16" else {}
+    table = cfg.bf16_keys(config)
+    config, net, precision = prepare(config, dev)
+    bf16_keys = {key: _shown(value, net) for key, value in table.items()
+                 if precision == "bf16"}
     if bf16_keys and not quiet and distributed.is_main():
-        print("training in bf16, so the recipe's [bf16] keys apply: "
-              + ", ".join(f"{key} = {value!r}" for key, value in bf16_keys.items()),
-              file=sys.stderr)
-    config = cfg.for_precision(config, precision)
+        print("training in bf16, so the recipe's [bf16] keys apply: " + ", ".join(
+            f"model.layers ({value})" if key == "model.layers" else f"{key} = {value!r}"
+            for key, value in bf16_keys.items()), file=sys.stderr)
     train_cfg = config["train"]
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
@@ -205,6 +205,36 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         runs.record_end(run_dir, e)
         raise
     return run_dir
+
+
+def prepare(config: dict, dev: torch.device) -> tuple[dict, models.Net, str]:
+    """The precision a run trains in (`auto` decides on the recipe's own model), the config
+    it trains with ([bf16] applied or dropped) and its net. A [bf16] model is built from the
+    seed again, so it starts where a run of those layers as a recipe would."""
+    net = models.build(config["model"]["layers"])
+    precision = hardware.resolve_precision(config["train"]["precision"], dev, net.conv_flops)
+    if precision == "bf16" and cfg.bf16_layers(config) is not None:
+        torch.manual_seed(config["train"]["seed"])
+        net = bf16_net(config)
+    return cfg.for_precision(config, precision), net, precision
+
+
+def bf16_net(config: dict) -> models.Net | None:
+    """The [bf16] table's net, if it has one, built (shapes checked); errors say whose."""
+    if cfg.bf16_layers(config) is None:
+        return None
+    try:
+        return models.build(cfg.bf16_layers(config))
+    except SpecError as e:
+        raise SpecError(f"[bf16] model: {e}") from None
+
+
+def _shown(value: object, net: models.Net) -> object:
+    """A [bf16] value as a run prints and records it: layers as a count, not a page of TOML
+    (the run folder's config.toml holds them)."""
+    if isinstance(value, list):
+        return f"{len(value)} layers, {net.params:,} parameters"
+    return value
 
 
 def _alive(info: dict) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from fashionlab import config
@@ -114,9 +116,29 @@ def test_bf16_table_applies_only_in_bf16_and_command_line_keys_win(tiny_config):
     assert "bf16" not in config.resolve(tiny_config)  # optional: old run folders' digests hold
 
 
+def test_bf16_model_table_replaces_the_layers_unless_one_is_set(tiny_config):
+    wide = copy.deepcopy(tiny_config["model"]["layers"])
+    wide[1]["units"] = 32
+    doc = {**tiny_config, "bf16": {"model": {"layers": wide}, "train": {"epochs": 5}}}
+    resolved = config.resolve(doc)
+    assert config.bf16_layers(resolved) == wide
+    assert config.for_precision(resolved, "bf16")["model"]["layers"] == wide
+    assert config.for_precision(resolved, "fp32")["model"] == tiny_config["model"]
+    edited = config.resolve(doc, overrides=["model.layers.1.units=8"])  # edits the recipe's net
+    assert config.bf16_layers(edited) is None and config.bf16_keys(edited) == {"train.epochs": 5}
+    assert config.for_precision(edited, "bf16")["model"]["layers"][1]["units"] == 8
+    alone = config.resolve({**tiny_config, "bf16": {"model": {"layers": wide}}},
+                           overrides=["model.layers.1.units=8"])
+    assert "bf16" not in alone  # nothing left of the table, no empty [bf16] in `show`
+
+
 @pytest.mark.parametrize("table, message", [
     ({"train": {"epoch": 5}}, r"unknown key bf16.train.epoch \(did you mean 'epochs'\?\)"),
-    ({"data": {"val": "none"}}, r"\[bf16\] holds train.\* and augment.\* keys, not 'data'"),
+    ({"data": {"val": "none"}}, r"\[bf16\] holds train.\*, augment.\* and model.layers keys, "
+                                r"not 'data'"),
+    ({"model": {"name": "wide"}}, "bf16.model holds a non-empty layers list only"),
+    ({"model": {"layers": []}}, "bf16.model holds a non-empty layers list only"),
+    ({"model": {"layers": "wide"}}, "model.layers must be a list"),
     ({"train": {"precision": "fp32"}}, "bf16.train.precision cannot depend on the precision"),
     ({"train": {"epochs": 0}}, "train.epochs must be positive"),
     ({"augment": 3}, "bf16.augment must be a table"),

@@ -103,6 +103,27 @@ def test_show_says_whether_a_bf16_table_applies_here(flags, precision, monkeypat
     assert capsys.readouterr().err == ""  # no table, nothing to say
 
 
+def test_show_and_summary_build_a_bf16_model_table(tiny_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(["amx_bf16"]))
+    monkeypatch.setenv("FASHIONLAB_DEVICE", "cpu")
+    wide = [dict(layer) for layer in tiny_config["model"]["layers"]]
+    wide[1]["units"] = 32
+    spec = tmp_path / "wide.toml"
+    spec.write_text(config.dumps({**tiny_config, "train": {"precision": "bf16"},
+                                  "bf16": {"model": {"layers": wide}}}))
+    assert main(["show", str(spec)]) == 0
+    out, err = capsys.readouterr()
+    assert tomllib.loads(out)["bf16"]["model"]["layers"][1]["units"] == 32
+    assert "(its [bf16] model: 25,450 parameters; the recipe's: 12,730)" in err
+    assert main(["summary", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 12,730" in out and "Total params: 25,450" in out
+    wide[1]["units"] = 0
+    spec.write_text(config.dumps({**tiny_config, "bf16": {"model": {"layers": wide}}}))
+    assert main(["show", str(spec)]) == 2  # a table's net that cannot be built: one line
+    assert "[bf16] model: layer 1 (dense): units" in capsys.readouterr().err
+
+
 def test_select_by_report_field_or_prefix() -> None:
     assert reproduce.select("weil") == ["weil-cnn", "weil-fc"]
     assert reproduce.select("duan-2020-fc-vs-lenet") == ["duan-fc", "duan-fc-deep", "duan-lenet5"]

@@ -197,6 +197,32 @@ def test_stepper_moves_the_weights_exactly_as_optimizer_step(name, wd):
         assert torch.equal(a, b)
 
 
+def test_bf16_model_table_trains_its_layers_from_the_seed(tiny_data, tiny_config, tmp_path):
+    """best.toml's [bf16] model: a bf16 run trains the table's net, started where a run of
+    those layers as a recipe starts (so the same weights at the end), and records it; fp32,
+    or a layer key set on the command line, trains the recipe's own net."""
+    wide = [dict(layer) for layer in tiny_config["model"]["layers"]]
+    wide[1]["units"] = 32
+    doc = {**tiny_config, "bf16": {"model": {"layers": wide}}}
+
+    def run(source, folder, *overrides):
+        return runs.load_run(train(source, overrides=["train.precision=bf16", *overrides],
+                                   data_dir=str(tiny_data), out=str(tmp_path / folder),
+                                   quiet=True))
+
+    table = run(doc, "table")
+    plain = run({**tiny_config, "model": {"name": "tiny", "layers": wide}}, "plain")
+    assert table.config["model"]["layers"] == wide and "bf16" not in table.config
+    assert table.metrics["params"] == plain.metrics["params"] == 784 * 32 + 32 + 330
+    assert table.info["bf16_keys"] == {"model.layers": "3 layers, 25,450 parameters"}
+    mine, theirs = table.weights(), plain.weights()
+    assert mine.keys() == theirs.keys()
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    assert run(doc, "fp32", "train.precision=fp32").metrics["params"] == 784 * 16 + 16 + 170
+    edited = run(doc, "edited", "model.layers.1.units=8")
+    assert edited.metrics["params"] == 784 * 8 + 8 + 90 and "bf16_keys" not in edited.info
+
+
 @pytest.mark.parametrize("name", ["sgd", "rmsprop"])
 def test_stepper_leaves_other_optimizers_to_their_step(name):
     p = torch.nn.Parameter(torch.zeros(2))

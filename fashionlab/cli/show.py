@@ -23,10 +23,15 @@ def run(args: argparse.Namespace) -> int:
     print(config.dumps(resolved), end="")
     if config.bf16_keys(resolved):  # say which half of the recipe this machine would run
         from fashionlab import hardware, models
+        from fashionlab.train import bf16_net
 
         net = models.build(resolved["model"]["layers"])
         precision = hardware.resolve_precision(resolved["train"]["precision"],
                                                hardware.device(), net.conv_flops)
-        print(f"here ({hardware.cpu_description()}) it trains in {precision}: the [bf16] keys "
-              f"{'apply' if precision == 'bf16' else 'do not apply'}", file=sys.stderr)
+        line = (f"here ({hardware.cpu_description()}) it trains in {precision}: the [bf16] "
+                f"keys {'apply' if precision == 'bf16' else 'do not apply'}")
+        wide = bf16_net(resolved)  # both nets built: shapes checked
+        if wide is not None:
+            line += f" (its [bf16] model: {wide.params:,} parameters; the recipe's: {net.params:,})"
+        print(line, file=sys.stderr)
     return 0

@@ -16,7 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fashionlab import config, models
+    from fashionlab.train import bf16_net
 
     resolved = config.resolve(args.source, overrides=args.overrides)
     print(models.summary(models.build(resolved["model"]["layers"])))
+    wide = bf16_net(resolved)
+    if wide is not None:
+        print(f"\nWhere it trains in bf16, the recipe's [bf16] model:\n{models.summary(wide)}")
     return 0
