@@ -145,21 +145,27 @@ def test_frontier_search_specs_build(spec):
     assert net.is_conv and net.params > 10_000
 
 
-@pytest.mark.parametrize("precision, spec", [("fp32", "c13"), ("bf16", "c16")])
-def test_fast_is_the_validated_spec_fitted_on_all_images(precision, spec):
-    """fast's settings must be those chosen on validation (bench/frontier/c13.toml, and c16 where
-    it trains in bf16), or the recipe's claim to validation-only model selection is void; only
-    the split and the epochs (same optimizer steps, the test below) may differ."""
-    fast = cfg.for_precision(cfg.resolve("fast"), precision)
-    validated = cfg.for_precision(cfg.resolve(str(BENCH / "frontier" / f"{spec}.toml")), "fp32")
-    for config in (fast, validated):
+@pytest.mark.parametrize("recipe, precision, spec, overrides", [
+    ("fast", "fp32", "c13", []), ("fast", "bf16", "c16", []),
+    ("best", "bf16", "best-wide", ["augment.erase=0.25"])])
+def test_frontier_recipe_is_the_validated_spec_fitted_on_all_images(recipe, precision, spec,
+                                                                   overrides):
+    """A frontier recipe's settings must be those chosen on validation (bench/frontier/c13.toml
+    for fast, c16 where it trains in bf16; best-wide.toml with erasing for best in bf16), or
+    its claim to validation-only model selection is void; only the split and the epochs (same
+    optimizer steps, the test below) may differ."""
+    ran = cfg.for_precision(cfg.resolve(recipe), precision)
+    validated = cfg.for_precision(
+        cfg.resolve(str(BENCH / "frontier" / f"{spec}.toml"), overrides=overrides), "fp32")
+    for config in (ran, validated):
         del config["recipe"], config["model"]["name"]
         del config["data"]["val"], config["train"]["epochs"]
-    assert fast == validated
+    assert ran == validated
 
 
 @pytest.mark.parametrize("recipe, precision, validated_epochs, slack", [
-    ("fast", "fp32", 12, 1), ("fast", "bf16", 18, 469), ("best", "fp32", 30, 469)])
+    ("fast", "fp32", 12, 1), ("fast", "bf16", 18, 469), ("best", "fp32", 30, 469),
+    ("best", "bf16", 30, 469)])
 def test_frontier_final_fit_keeps_the_validated_schedule(recipe, precision, validated_epochs,
                                                          slack):
     """fast and best were chosen holding out 5000 images (bench/frontier/c13.toml's 12 epochs,
