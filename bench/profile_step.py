@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         for requested in precisions:
             precision = hardware.resolve_precision(requested, torch.device("cpu"), net.conv_flops)
             tag = f" {precision}" if len(precisions) > 1 else ""
+            ran = cfg.for_precision(config, precision)  # a recipe's [bf16] keys and net
             for layout, b in itertools.product(layouts, batches):
                 cl = layout == "channels_last"
-                ran = cfg.for_precision(config, precision)  # a recipe's [bf16] keys, model
                 at = dict(ran, train=dict(ran["train"], batch_size=b))
                 key = layout + tag + (f" b{b}" if args.batches else "")
                 steps[key], sizes[key] = make_step(at, cl, precision=precision), b

@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from fashionlab import config as cfg
-    from fashionlab import convs, hardware, models
+    from fashionlab import convs, hardware
     from fashionlab.inference import logits
+    from fashionlab.train import prepare
 
     hardware.configure_threads()
     fp32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
@@ -70,10 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     dev = torch.device("cpu")
     for name in args.recipes:
         config = cfg.resolve(name)
-        net = models.build(config["model"]["layers"])
-        precision = hardware.resolve_precision(config["train"]["precision"], dev, net.conv_flops)
-        config = cfg.for_precision(config, precision)  # a recipe's [bf16] keys, model included
-        net = models.build(config["model"]["layers"])
+        config, net, precision = prepare(config, dev)  # a recipe's [bf16] keys and net applied
         last = hardware.use_channels_last(config["train"]["channels_last"], net.is_conv)
         batch = config["train"]["batch_size"]
         conv = config["train"]["conv"]

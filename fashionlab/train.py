@@ -154,8 +154,8 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     dev = hardware.device()
     table = cfg.bf16_keys(config)
     config, net, precision = prepare(config, dev)
-    bf16_keys = {key: _shown(value, net) for key, value in table.items()
-                 if precision == "bf16"}
+    bf16_keys = {key: _shown(value, net) for key, value in table.items()} if (
+        precision == "bf16") else {}
     if bf16_keys and not quiet and distributed.is_main():
         print("training in bf16, so the recipe's [bf16] keys apply: " + ", ".join(
             f"model.layers ({value})" if key == "model.layers" else f"{key} = {value!r}"
