@@ -156,6 +156,9 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     config, net, precision = prepare(config, dev)
     bf16_keys = {key: _shown(value, net) for key, value in table.items()} if (
         precision == "bf16") else {}
+    note = hardware.fewer_threads_note(torch.get_num_threads(), hardware.usable_cores())
+    if note and dev.type == "cpu" and not quiet and distributed.is_main():
+        print(note, file=sys.stderr)
     if bf16_keys and not quiet and distributed.is_main():
         print("training in bf16, so the recipe's [bf16] keys apply: " + ", ".join(
             f"model.layers ({value})" if key == "model.layers" else f"{key} = {value!r}"

@@ -92,6 +92,16 @@ def test_threads_fall_back_to_the_load_average_without_proc(monkeypatch, load, c
     assert _thread_count(monkeypatch, load, None, cores) == expected
 
 
+def test_a_run_with_fewer_threads_than_cores_says_so(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert hardware.fewer_threads_note(1, 2) == (
+        "using 1 of 2 cores: other processes were running when this run started "
+        "(set OMP_NUM_THREADS=2 to use them all)")
+    assert hardware.fewer_threads_note(2, 2) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own choice needs no note
+    assert hardware.fewer_threads_note(1, 2) is None
+
+
 def test_others_running_reads_the_kernels_count(monkeypatch, tmp_path):
     real = hardware.others_running(looks=1)
     assert real is None or real >= 0  # None only where /proc/loadavg is missing
