@@ -154,15 +154,15 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     dev = hardware.device()
     table = cfg.bf16_keys(config)
     config, net, precision = prepare(config, dev)
-    bf16_keys = {key: _shown(value, net) for key, value in table.items()} if (
-        precision == "bf16") else {}
-    note = hardware.fewer_threads_note(torch.get_num_threads(), hardware.usable_cores())
-    if note and dev.type == "cpu" and not quiet and distributed.is_main():
-        print(note, file=sys.stderr)
-    if bf16_keys and not quiet and distributed.is_main():
-        print("training in bf16, so the recipe's [bf16] keys apply: " + ", ".join(
-            f"model.layers ({value})" if key == "model.layers" else f"{key} = {value!r}"
-            for key, value in bf16_keys.items()), file=sys.stderr)
+    bf16_keys = {k: _shown(v, net) for k, v in table.items()} if precision == "bf16" else {}
+    if not quiet and distributed.is_main():
+        note = hardware.fewer_threads_note(torch.get_num_threads(), hardware.usable_cores())
+        if note and dev.type == "cpu":
+            print(note, file=sys.stderr)
+        if bf16_keys:
+            print("training in bf16, so the recipe's [bf16] keys apply: " + ", ".join(
+                f"model.layers ({value})" if key == "model.layers" else f"{key} = {value!r}"
+                for key, value in bf16_keys.items()), file=sys.stderr)
     train_cfg = config["train"]
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
