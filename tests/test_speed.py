@@ -175,13 +175,13 @@ def test_frontier_recipe_is_the_validated_spec_fitted_on_all_images(recipe, prec
 
 @pytest.mark.parametrize("recipe, precision, validated_epochs, slack", [
     ("fast", "fp32", 12, 1), ("fast", "bf16", 18, 469), ("best", "fp32", 30, 469),
-    ("best", "bf16", 30, 469)])
+    ("best", "bf16", 39, 469)])
 def test_frontier_final_fit_keeps_the_validated_schedule(recipe, precision, validated_epochs,
                                                          slack):
     """fast and best were chosen holding out 5000 images (bench/frontier/c13.toml's 12 epochs,
-    c16's 18; best's 30), then fit all 60000: for the same one-cycle schedule their total
-    optimizer steps must match the validated run's, fast's fp32 one to the step, the others
-    within one epoch."""
+    c16's 18; best's 30, 39 where it trains in bf16), then fit all 60000: for the same
+    one-cycle schedule their total optimizer steps must match the validated run's, fast's fp32
+    one to the step, the others within one epoch."""
     import math
 
     config = cfg.for_precision(cfg.resolve(recipe), precision)
