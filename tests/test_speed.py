@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -206,6 +207,14 @@ def test_bench_scripts_show_help(name, capsys):
         _load(name).main(["--help"])
     assert done.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_preload_ab_names_a_missing_library_before_timing_anything():
+    done = subprocess.run(["bash", str(BENCH / "preload_ab.sh"), "1", "/no/such/libfoo.so", "--",
+                           "weil-fc"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr == "preload_ab.sh: no such library: /no/such/libfoo.so\n"
+    assert done.stdout == ""
 
 
 def _outputs_and_grads(*modules: torch.nn.Module) -> list:
