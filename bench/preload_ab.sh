@@ -7,15 +7,18 @@
 #       duan-lenet5 weil-cnn --threads 2 --layouts channels_last --precision fp32,bf16 \
 #       --steps 200 --rounds 5
 set -euo pipefail
+usage="usage: bench/preload_ab.sh ROUNDS LIBRARY... -- PROFILE_STEP_ARGS..."
+case "${1:-}" in -h|--help) echo "$usage"; exit 0;; ""|*[!0-9]*) echo "$usage" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 rounds=$1
 shift
 libs=("")
-while [ "$1" != "--" ]; do
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   [ -r "$1" ] || { echo "preload_ab.sh: no such library: $1" >&2; exit 2; }
   libs+=("$1")
   shift
 done
+[ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 shift
 for round in $(seq "$rounds"); do
   for lib in "${libs[@]}"; do

@@ -209,12 +209,22 @@ def test_bench_scripts_show_help(name, capsys):
     assert "usage" in capsys.readouterr().out
 
 
+def _preload_ab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(BENCH / "preload_ab.sh"), *args], capture_output=True,
+                          text=True)
+
+
 def test_preload_ab_names_a_missing_library_before_timing_anything():
-    done = subprocess.run(["bash", str(BENCH / "preload_ab.sh"), "1", "/no/such/libfoo.so", "--",
-                           "weil-fc"], capture_output=True, text=True)
-    assert done.returncode == 2
+    done = _preload_ab("1", "/no/such/libfoo.so", "--", "weil-fc")
+    assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "preload_ab.sh: no such library: /no/such/libfoo.so\n"
-    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["x"], 2), (["1"], 2)])
+def test_preload_ab_usage(args, code):
+    done = _preload_ab(*args)
+    assert done.returncode == code
+    assert (done.stdout if code == 0 else done.stderr).startswith("usage: bench/preload_ab.sh")
 
 
 def _outputs_and_grads(*modules: torch.nn.Module) -> list:
