@@ -11,6 +11,7 @@
     .venv/bin/python bench/ab.py whole duan-lenet5 --threads 2 --steps 100 --rounds 9
     .venv/bin/python bench/ab.py order duan-lenet5 quick-cnn --threads 2 --steps 100 --rounds 9
     .venv/bin/python bench/ab.py stepper weil-fc duan-lenet5 --threads 2 --steps 200 --rounds 9
+    .venv/bin/python bench/ab.py convbf16 duan-lenet5 weil-cnn --threads 2 --steps 200 --rounds 9
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -237,10 +238,41 @@ def stepper_variants(config: dict) -> dict:
             "optim.stepper": make_step(config, cl)}
 
 
+def _bf16_convs(module: torch.nn.Module) -> torch.nn.Module:
+    """Every convolution under bf16 autocast with its output cast back to fp32, so that only
+    the convolutions' arithmetic is bf16; one that covers its whole input stays the fp32
+    matmul training makes of it (convs.WholeInputConv2d)."""
+    from fashionlab import convs
+
+    class Bf16Conv2d(convs.WholeInputConv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if tuple(x.shape[2:]) == self.kernel_size and self.padding == (0, 0):
+                return super().forward(x)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return torch.nn.Conv2d.forward(self, x).float()
+
+    for m in module.modules():
+        if type(m) is torch.nn.Conv2d:
+            m.__class__ = Bf16Conv2d
+    return module
+
+
+def convbf16_variants(config: dict) -> dict:
+    """fp32, bf16 autocast over the whole forward pass (--precision bf16), and bf16 inside the
+    convolutions only; channels-last, allocator settings as in training."""
+    from fashionlab import hardware
+
+    hardware.keep_freed_memory()
+    return {"fp32": make_step(config, True),
+            "bf16": make_step(config, True, precision="bf16"),
+            "bf16 convs only": make_step(config, True, rewrite=_bf16_convs)}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
             "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
             "pool": pool_variants, "im2col": im2col_variants, "flatten": flatten_variants,
-            "whole": whole_variants, "order": order_variants, "stepper": stepper_variants}
+            "whole": whole_variants, "order": order_variants, "stepper": stepper_variants,
+            "convbf16": convbf16_variants}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -451,3 +451,28 @@ def test_ema_bench_scores_the_loops_own_average_and_untouched_live_weights(tiny_
     assert scores["ema 0.9"] == pytest.approx(val[run])
     assert scores["live weights"] == pytest.approx(val[plain])
     assert scores["ema 0.5"] != scores["ema 0.9"]
+
+
+def test_ab_bf16_convs_only_rounds_the_convolutions_and_nothing_else():
+    """bench/ab.py convbf16 times LeNet-5 with bf16 in its convolutions only: those two must
+    compute in bf16 (off fp32 by bf16's rounding) and hand back fp32, while the one that covers
+    its whole input stays the fp32 matmul training makes of it."""
+    ab = _load("ab")
+    torch.manual_seed(0)
+    plain = models.build(cfg.resolve("duan-lenet5")["model"]["layers"]).module
+    other = ab._bf16_convs(copy.deepcopy(plain))
+    convs_plain = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs_other = [m for m in other.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs_other) == 3 and all(type(m) is not torch.nn.Conv2d for m in convs_other)
+    for p, o, shape in zip(convs_plain, convs_other, [(2, 1, 28, 28), (2, 6, 14, 14),
+                                                      (2, 16, 5, 5)], strict=True):
+        x = torch.randn(shape)
+        a, b = p(x), o(x)
+        assert b.dtype == torch.float32
+        error = (a - b).abs().max().item()
+        if shape[2:] == p.kernel_size:
+            assert error < 1e-5
+        else:
+            assert 1e-4 < error < 0.1 * a.abs().max().item()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(b, p(x).float())
