@@ -257,15 +257,31 @@ def _bf16_convs(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def _onednn_bf16_math(step):
+    """step with oneDNN's fp32 convolutions computing in bf16 inside the kernel (PyTorch's
+    torch.backends.mkldnn.conv.fp32_precision): tensors stay fp32, no casts are added."""
+    flags = torch.backends.mkldnn.conv
+
+    def run() -> None:
+        before, flags.fp32_precision = flags.fp32_precision, "bf16"
+        try:
+            step()
+        finally:
+            flags.fp32_precision = before
+    return run
+
+
 def convbf16_variants(config: dict) -> dict:
-    """fp32, bf16 autocast over the whole forward pass (--precision bf16), and bf16 inside the
-    convolutions only; channels-last, allocator settings as in training."""
+    """fp32, bf16 autocast over the whole forward pass (--precision bf16), bf16 inside the
+    convolutions only (autocast around each, its output cast back), and oneDNN's own bf16 math
+    for fp32 convolutions; channels-last, allocator settings as in training."""
     from fashionlab import hardware
 
     hardware.keep_freed_memory()
     return {"fp32": make_step(config, True),
             "bf16": make_step(config, True, precision="bf16"),
-            "bf16 convs only": make_step(config, True, rewrite=_bf16_convs)}
+            "bf16 convs only": make_step(config, True, rewrite=_bf16_convs),
+            "oneDNN bf16 math": _onednn_bf16_math(make_step(config, True))}
 
 
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,

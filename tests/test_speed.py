@@ -476,3 +476,21 @@ def test_ab_bf16_convs_only_rounds_the_convolutions_and_nothing_else():
             assert 1e-4 < error < 0.1 * a.abs().max().item()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 assert torch.equal(b, p(x).float())
+
+
+def test_ab_onednn_bf16_math_holds_only_during_its_step():
+    """bench/ab.py convbf16 runs one variant with oneDNN's bf16 math for fp32 convolutions:
+    the flag must be on while that step runs and back as it was after, even when the step
+    fails, or every variant timed after it would run with it."""
+    ab = _load("ab")
+    flags = torch.backends.mkldnn.conv
+    before, seen = flags.fp32_precision, []
+    ab._onednn_bf16_math(lambda: seen.append(flags.fp32_precision))()
+    assert seen == ["bf16"] and flags.fp32_precision == before
+
+    def fails() -> None:
+        raise RuntimeError("step")
+
+    with pytest.raises(RuntimeError):
+        ab._onednn_bf16_math(fails)()
+    assert flags.fp32_precision == before
