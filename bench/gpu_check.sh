@@ -22,20 +22,7 @@ GPU_CORES=8-$(($(nproc) - 1))  # cores 0-7 are the CPU runs'
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 
-step() {  # NAME SECONDS-NEEDED COMMAND...
-  local name=$1 need=$2 left=$((BUDGET - SECONDS))
-  shift 2
-  [[ $STEPS == *" all "* || $STEPS == *" $name "* ]] || return 0
-  if ((left < need)); then
-    echo "== $name: skipped ($left s left, needs $need)"
-    return
-  fi
-  echo "== $name: $* ($(date -u +%T) UTC)"
-  local start=$SECONDS
-  timeout $((left - 5)) "$@" >"$LOGS/$name.log" 2>&1
-  echo "== $name: rc $? in $((SECONDS - start)) s"
-  grep -v '^\s*$' "$LOGS/$name.log" | tail -n "${TAIL:-6}"
-}
+source "$(dirname "$0")/steps.sh"
 
 GPU="taskset -c $GPU_CORES"
 TRAIN="$GPU python3 -m fashionlab train"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -494,3 +495,40 @@ def test_ab_onednn_bf16_math_holds_only_during_its_step():
     with pytest.raises(RuntimeError):
         ab._onednn_bf16_math(fails)()
     assert flags.fp32_precision == before
+
+
+def _steps(script: str, tmp_path: Path, budget: int, steps: str) -> subprocess.CompletedProcess:
+    """Run bench/steps.sh's step function under a budget, as the check scripts do."""
+    body = (f'BUDGET={budget}; STEPS=" {steps} "; LOGS={tmp_path}; '
+            f'source {BENCH / "steps.sh"}; {script}')
+    return subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=60)
+
+
+def test_a_check_step_runs_when_named_and_logs_its_output(tmp_path):
+    done = _steps("step hello 1 echo hi; step other 1 echo no", tmp_path, 60, "hello")
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("== hello: echo hi (")
+    assert lines[1:] == ["== hello: rc 0 in 0 s", "hi"]
+    assert (tmp_path / "hello.log").read_text() == "hi\n"
+    assert not (tmp_path / "other.log").exists()
+
+
+def test_a_check_step_that_would_not_fit_the_budget_is_skipped(tmp_path):
+    done = _steps("step big 600 echo ran; step failing 1 false", tmp_path, 60, "all")
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("== big: skipped (") and lines[0].endswith("s left, needs 600)")
+    assert "ran" not in done.stdout and "== failing: rc 1 in 0 s" in lines
+
+
+def test_cpu_check_names_the_cpu_and_skips_what_its_budget_cannot_hold(tmp_path):
+    """bench/cpu_check.sh with a short budget: the CPU line and flags come out, a `fast` run
+    that needs more than is left is skipped, not started."""
+    env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable, "STEPS": "info fast-s1",
+           "BUDGET": "120"}
+    done = subprocess.run(["bash", str(BENCH / "cpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "== info: rc 0" in out and "Model name" in out
+    assert "== fast-s1: skipped (" in out and "needs 660)" in out
+    assert not list((tmp_path / "runs").iterdir())
