@@ -5,13 +5,14 @@
 # activation, the direct fused Adam call; with native bf16, bf16 in the convolutions only);
 # `fast` for seeds 1-3 at `auto`, timed from start to result with plots, and their mean;
 # where `auto` picks bf16, seed 1's settings again in fp32; and, only when named in STEPS,
-# bench/vs_keras.py over three seeds (about an hour). Each step gets what is left of $BUDGET
-# seconds and is skipped when it would not fit; STEPS="name ..." runs some of them. Logs and
-# run folders go to $OUT (a fresh one each time: fast-mean compares every `fast` run in it).
+# `best --seed 1` (best: 25-35 minutes) and bench/vs_keras.py over three seeds (vs-keras:
+# about an hour). Each step gets what is left of $BUDGET seconds and is skipped when it would
+# not fit; STEPS="name ..." runs some of them. Logs and run folders go to $OUT (a fresh one
+# each time: fast-mean compares every `fast` run in it).
 #
 #   OUT=/tmp/cpu_check bash bench/cpu_check.sh
 #   STEPS="info fast-s1" bash bench/cpu_check.sh
-#   STEPS="all vs-keras" BUDGET=7200 bash bench/cpu_check.sh
+#   STEPS="all best vs-keras" BUDGET=9000 bash bench/cpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/cpu_check}
@@ -53,6 +54,9 @@ bf16_run=$(ls -d "$RUNS"/fast-s1/*-fast 2>/dev/null | tail -n 1)
 if [ "$auto" != fp32 ] && [ -n "$bf16_run" ]; then
   TAIL=3 step fast-fp32 1500 "${TIME[@]}" $PY -m fashionlab train "$bf16_run/config.toml" \
     --seed 1 --precision fp32 --out "$RUNS/fast-fp32"
+fi
+if [[ $STEPS == *" best "* ]]; then
+  TAIL=3 step best 2400 "${TIME[@]}" $PY -m fashionlab train best --seed 1 --out "$RUNS/best"
 fi
 if [[ $STEPS == *" vs-keras "* ]]; then
   TAIL=30 step vs-keras 4200 $PY bench/vs_keras.py --seeds 0,1,2 --cnn002-images 1000 \
