@@ -47,7 +47,10 @@ for s in 1 2 3; do
   TAIL=3 step fast-s$s 660 "${TIME[@]}" $PY -m fashionlab train fast --seed $s \
     --out "$RUNS/fast-s$s"
 done
-TAIL=14 step fast-mean 60 $PY -m fashionlab compare "$RUNS"/fast-s?/*-fast
+fast_runs=("$RUNS"/fast-s?/*-fast)
+if [ -d "${fast_runs[0]}" ]; then
+  TAIL=14 step fast-mean 60 $PY -m fashionlab compare "${fast_runs[@]}"
+fi
 # The same settings in fp32: the bf16 run's config.toml holds them with its [bf16] table
 # applied, where `fast --precision fp32` would train the recipe's own (fewer) epochs.
 bf16_run=$(ls -d "$RUNS"/fast-s1/*-fast 2>/dev/null | tail -n 1)

@@ -506,9 +506,9 @@ def _steps(script: str, tmp_path: Path, budget: int, steps: str) -> subprocess.C
 
 def test_a_check_step_runs_when_named_and_logs_its_output(tmp_path):
     done = _steps("step hello 1 echo hi; step other 1 echo no", tmp_path, 60, "hello")
-    lines = done.stdout.splitlines()
+    lines = done.stdout.splitlines()  # "in 1 s" where a second turned over during the step
     assert lines[0].startswith("== hello: echo hi (")
-    assert lines[1:] == ["== hello: rc 0 in 0 s", "hi"]
+    assert lines[1] in ("== hello: rc 0 in 0 s", "== hello: rc 0 in 1 s") and lines[2:] == ["hi"]
     assert (tmp_path / "hello.log").read_text() == "hi\n"
     assert not (tmp_path / "other.log").exists()
 
@@ -517,7 +517,8 @@ def test_a_check_step_that_would_not_fit_the_budget_is_skipped(tmp_path):
     done = _steps("step big 600 echo ran; step failing 1 false", tmp_path, 60, "all")
     lines = done.stdout.splitlines()
     assert lines[0].startswith("== big: skipped (") and lines[0].endswith("s left, needs 600)")
-    assert "ran" not in done.stdout and "== failing: rc 1 in 0 s" in lines
+    assert "ran" not in done.stdout
+    assert any(line.startswith("== failing: rc 1 in ") for line in lines)
 
 
 def test_cpu_check_names_the_cpu_and_skips_what_its_budget_cannot_hold(tmp_path):
