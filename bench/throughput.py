@@ -4,8 +4,10 @@
 
 The peak is measured here: a square fp32 and bf16 matmul at the thread count fashionlab
 uses. Achieved training TFLOP/s counts models.Net.flops x 3 (forward + two backward
-matmuls) per image; inference counts x 1. Steps run the recipe's layout and precision
-choices (channels_last, precision, DFT convolutions) on random images at the recipe's batch size.
+matmuls) per image; inference counts x 1 per test-time view (10 for `fast`: the image, four
+one-pixel shifts and the mirror of each), and its images/s count whole images, all views done.
+Steps run the recipe's layout and precision choices (channels_last, precision, DFT
+convolutions) on random images at the recipe's batch size.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fashionlab import config as cfg
     from fashionlab import convs, hardware
-    from fashionlab.inference import logits
+    from fashionlab.inference import logits, views
     from fashionlab.train import prepare
 
     hardware.configure_threads()
@@ -65,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
              f"torch {torch.__version__}. Matmul peak (512^2): fp32 {fp32:.4f} TFLOP/s, "
              f"bf16 {bf16:.4f} TFLOP/s.", "",
              "| recipe | MFLOPs/img | batch | precision | layout | train img/s | train TFLOP/s "
-             "| % of peak | infer img/s | infer TFLOP/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| % of peak | views | infer img/s | infer TFLOP/s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print(lines[0], flush=True)
     dev = torch.device("cpu")
     for name in args.recipes:
@@ -85,13 +87,15 @@ def main(argv: list[str] | None = None) -> None:
             partial(logits, module, images, config, dev, precision, last), len(images),
             args.seconds)
         train_tflops = train_rate * net.flops * 3 / 1e12
+        n_views = len(views(images[:1], config))
         peak = bf16 if precision == "bf16" else fp32
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         layout = ("channels-last" if last else "contiguous") + (f", {dft} DFT" if dft else "")
         row = (f"| {name} | {net.flops / 1e6:.2f} | {batch} | {precision} | {layout} "
                f"| {train_rate:,.0f} "
-               f"| {train_tflops:.4f} | {100 * train_tflops / peak:.1f} | {infer_rate:,.0f} "
-               f"| {infer_rate * net.flops / 1e12:.4f} | {rss:,.0f} |")
+               f"| {train_tflops:.4f} | {100 * train_tflops / peak:.1f} | {n_views} "
+               f"| {infer_rate:,.0f} "
+               f"| {infer_rate * n_views * net.flops / 1e12:.4f} | {rss:,.0f} |")
         lines.append(row)
         print(row, flush=True)
     table = "\n".join(lines)

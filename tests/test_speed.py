@@ -210,6 +210,24 @@ def test_bench_scripts_show_help(name, capsys):
     assert "usage" in capsys.readouterr().out
 
 
+def test_throughput_counts_every_test_time_view(tmp_path, monkeypatch):
+    """fast scores ten views of each image, so its inference TFLOP/s is ten forward passes
+    per image; weil-fc scores one."""
+    throughput = _load("throughput")
+    monkeypatch.setattr(throughput, "matmul_peak", lambda dtype: 1.0)
+    out = tmp_path / "t.md"
+    throughput.main(["weil-fc", "fast", "--seconds", "0.05", "--out", str(out)])
+    rows = {cells[1]: cells for line in out.read_text().splitlines()
+            if line.startswith("| weil-fc") or line.startswith("| fast")
+            for cells in [[c.strip() for c in line.split("|")]]}
+    for name, n in (("weil-fc", 1), ("fast", 10)):
+        mflops, views, rate, tflops = (float(rows[name][2]), int(rows[name][9]),
+                                       float(rows[name][10].replace(",", "")),
+                                       float(rows[name][11]))
+        assert views == n
+        assert tflops == pytest.approx(rate * n * mflops / 1e6, rel=0.01, abs=1e-4)
+
+
 def _preload_ab(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(BENCH / "preload_ab.sh"), *args], capture_output=True,
                           text=True)
