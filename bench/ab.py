@@ -12,6 +12,7 @@
     .venv/bin/python bench/ab.py order duan-lenet5 quick-cnn --threads 2 --steps 100 --rounds 9
     .venv/bin/python bench/ab.py stepper weil-fc duan-lenet5 --threads 2 --steps 200 --rounds 9
     .venv/bin/python bench/ab.py convbf16 duan-lenet5 weil-cnn --threads 2 --steps 200 --rounds 9
+    .venv/bin/python bench/ab.py trace weil-cnn duan-lenet5 --threads 2 --steps 200 --rounds 9
 
 Both variants live in one process and run in alternating rounds (A, B, A, B ...), so that a
 shared machine's contention hits both alike; the median round counts. One thread unless
@@ -284,11 +285,35 @@ def convbf16_variants(config: dict) -> dict:
             "oneDNN bf16 math": _onednn_bf16_math(make_step(config, True))}
 
 
+class _Traced(torch.nn.Module):
+    """The module run as a TorchScript trace made on its first input (after make_step's layout
+    and layer conversions): the forward pass without Python per layer; autograd unchanged."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module, self.traced = module, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.traced is None:
+            self.traced = torch.jit.trace(self.module, x, check_trace=False)
+        return self.traced(x)
+
+
+def trace_variants(config: dict) -> dict:
+    """The forward pass in Python, layer by layer (fashionlab's), vs a TorchScript trace of it;
+    fp32, channels-last for conv nets, allocator settings as in training."""
+    from fashionlab import hardware, models
+
+    hardware.keep_freed_memory()
+    cl = models.build(config["model"]["layers"]).is_conv
+    return {"eager": make_step(config, cl), "traced": make_step(config, cl, rewrite=_Traced)}
+
+
 VARIANTS = {"alloc": alloc_variants, "optimizer": optimizer_variants,
             "penalty": penalty_variants, "relu": relu_variants, "conv": conv_variants,
             "pool": pool_variants, "im2col": im2col_variants, "flatten": flatten_variants,
             "whole": whole_variants, "order": order_variants, "stepper": stepper_variants,
-            "convbf16": convbf16_variants}
+            "convbf16": convbf16_variants, "trace": trace_variants}
 
 
 def main(argv: list[str] | None = None) -> None:

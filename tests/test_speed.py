@@ -515,6 +515,21 @@ def test_ab_onednn_bf16_math_holds_only_during_its_step():
     assert flags.fp32_precision == before
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_ab_traced_forward_computes_what_the_layers_do():
+    """bench/ab.py trace times a TorchScript trace of the forward pass against the layers run
+    one by one; it traces on its first call and must give the same outputs and gradients,
+    or the A/B would time a different net."""
+    ab = _load("ab")
+    torch.manual_seed(0)
+    plain = models.build(cfg.resolve("duan-lenet5")["model"]["layers"]).module.double()
+    traced = ab._Traced(copy.deepcopy(plain))
+    (out_a, grads_a), (out_b, grads_b) = _outputs_and_grads(plain, traced)
+    assert traced.traced is not None
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
 def _steps(script: str, tmp_path: Path, budget: int, steps: str) -> subprocess.CompletedProcess:
     """Run bench/steps.sh's step function under a budget, as the check scripts do."""
     body = (f'BUDGET={budget}; STEPS=" {steps} "; LOGS={tmp_path}; '
