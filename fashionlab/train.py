@@ -400,11 +400,22 @@ def _restore_optimizer(opt: torch.optim.Optimizer, schedule, saved: dict) -> Non
     a plain resume, and on a forced one (say, a new lr or more epochs) the ones asked for."""
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     opt.load_state_dict(saved["optimizer"])
+    _match_layouts(opt)
     schedule.load_state_dict(saved["schedule"])
     for group, fresh, factor in zip(opt.param_groups, hyper, schedule.lr_lambdas, strict=True):
         group.update(fresh, lr=fresh["initial_lr"] * factor(schedule.last_epoch))
     schedule.base_lrs = [g["initial_lr"] for g in opt.param_groups]
     schedule._last_lr = [g["lr"] for g in opt.param_groups]
+
+
+def _match_layouts(opt: torch.optim.Optimizer) -> None:
+    """Moments come back from a checkpoint contiguous, while a channels-last weight's were
+    made in its own layout; the fused Adam kernel walks the tensors' memory in step, so they
+    must agree again, or a resumed run updates each weight with another one's moments."""
+    for param, state in opt.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _early_stopping(loop: Loop, row: dict, train_cfg: dict, module: torch.nn.Module) -> bool:

@@ -2,7 +2,9 @@
 
 The end-to-end tests run the real CLI in a subprocess and kill it while it trains; the model
 uses dropout, batch norm, augmentation, EMA and a cosine schedule, so every RNG and every
-piece of optimizer state must be restored for the weights to match bit for bit.
+piece of optimizer state must be restored for the weights to match bit for bit; its second
+convolution has more than one input channel, so its weights (channels-last) and their Adam
+moments are laid out differently from a plain tensor and must be restored in that layout.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ train_module = importlib.import_module("fashionlab.train")  # the package re-exp
 
 SPEC = {
     "model": {"name": "tiny-cnn", "layers": [
-        {"type": "conv2d", "filters": 8, "kernel": 3, "activation": "relu"},
+        {"type": "conv2d", "filters": 4, "kernel": 3, "activation": "relu"},
         {"type": "maxpool"},
+        {"type": "conv2d", "filters": 8, "kernel": 3, "activation": "relu"},
         {"type": "flatten"},
         {"type": "dense", "units": 32, "activation": "relu"},
         {"type": "batchnorm"},
