@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import tomllib
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from fashionlab.errors import RunError, UserError
@@ -43,19 +45,34 @@ STATES = ("running", "finished", "interrupted", "diverged", "failed")
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
+def _write_failure(error: Exception) -> str | None:
+    """Why a write failed, for an OSError or safetensors' own error wrapping one (its text:
+    "Error while serializing: I/O error: No space left on device (os error 28)")."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if isinstance(error, SafetensorError) and "I/O error: " in str(error):
+        return re.sub(r" \(os error \d+\)$", "", str(error).split("I/O error: ", 1)[1])
+    return None
+
+
 def _atomic(path: Path, write) -> None:
     """Write via `write(tmp_path)` then rename over `path`; on failure `path` is untouched."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the user's usual permissions
     try:
         write(Path(tmp))
+        # mkstemp makes 0600, and safetensors writes its file anew as 0600 too: give the
+        # user's usual permissions, so that another user (or `serve`) can read a run
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e} (previous version kept)") from None
+        reason = _write_failure(e)
+        if reason is None:
+            raise
+        raise UserError(f"cannot write {path}: {reason} (previous version kept)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_idx_set
+from safetensors import SafetensorError
 
 from fashionlab import checkpoint, hardware, runs, signals
 from fashionlab import config as cfg
@@ -233,8 +234,14 @@ def failing_save(monkeypatch, error: BaseException, on_call: int = 2) -> None:
     monkeypatch.setattr(runs, "save_file", save_file)
 
 
-def test_disk_full_keeps_previous_checkpoint(tiny_config, tiny_data, tmp_path, monkeypatch):
-    failing_save(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    # what safetensors itself raises when the disk fills under it
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+])
+def test_disk_full_keeps_previous_checkpoint(error, tiny_config, tiny_data, tmp_path,
+                                             monkeypatch):
+    failing_save(monkeypatch, error)
     with pytest.raises(UserError) as caught:
         train_module.train(tiny_config, data_dir=tiny_data, out=tmp_path / "runs", quiet=True)
     run = only_run(tmp_path / "runs")

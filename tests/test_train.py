@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -38,6 +39,12 @@ def test_run_folder_is_complete(tiny_data, tiny_config, tmp_path):
     trained = load_trained(path)
     test_x = runs.read_tensors(path / "predictions.safetensors")[0]["labels"]
     assert len(test_x) == 100 and trained.net.params == m["params"]
+    # Every file with the user's usual permissions: the weights too, which safetensors on its
+    # own writes as 0600, unreadable to another user or a `serve` process.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in path.iterdir()} == {
+        f.name: oct(0o666 & ~mask) for f in path.iterdir()}
 
 
 def test_same_seed_same_numbers(tiny_data, tiny_config, tmp_path):
