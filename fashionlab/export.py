@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashionlab import data
+from fashionlab import data, runs
 from fashionlab.errors import UserError
 from fashionlab.inference import Trained, averaged_logits, load_trained
 
@@ -58,12 +58,14 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
     """Write the run's model to `out` as one self-contained file."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use {' or '.join(FORMATS)}")
+    out = runs.output_file(out)
     trained = load_trained(run, precision="fp32")
     model = Pixels(trained).cpu().float().eval()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with quiet_torch():
-        (to_onnx if fmt == "onnx" else to_torchscript)(model, out, metadata(trained))
+    try:
+        with quiet_torch():
+            (to_onnx if fmt == "onnx" else to_torchscript)(model, out, metadata(trained))
+    finally:
+        out.with_name(out.name + ".partial").unlink(missing_ok=True)
     return out
 
 

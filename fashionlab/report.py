@@ -224,6 +224,6 @@ images exactly one model classifies correctly. Every number comes from the run f
 
 def write(items: list[runs.Run | str | Path], out: str | Path, title: str = "Fashion-MNIST study",
           data_dir: str | Path | None = None) -> Path:
-    out = Path(out)
+    out = runs.output_file(out)
     runs.write_text(out, build(items, title, data_dir))
     return out

@@ -234,6 +234,4 @@ def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
 
 
 def write_markdown(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_text(path, text)
+    runs.write_text(runs.output_file(path), text)

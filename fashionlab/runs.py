@@ -78,6 +78,28 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+RUN_FILES = ("run.json", "config.toml", "metrics.json", "history.csv", "model.safetensors",
+             "checkpoint.safetensors", "predictions.safetensors")
+
+
+def output_file(path: str | Path) -> Path:
+    """A file the user named for a command to write (a report, an export, a figure), checked
+    before any work: its folder is made, and it may not be a folder or one of a run folder's
+    own files, which writing over would lose a finished result."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: name the file to write")
+    if path.name in RUN_FILES and (path.parent / "run.json").is_file():
+        raise UserError(f"{path} is a file of the run in {path.parent}: write somewhere else")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot write {path}: its folder is not writable")
+    return path
+
+
 def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text))
 

@@ -232,7 +232,22 @@ CASES = [
      r"model\.safetensors: not a readable safetensors file"),
     ("resume a missing run", lambda t: ["train", "--resume", str(t / "nope")],
      r"run folder .*/nope does not exist"),
+    # -- files to write -----------------------------------------------------------------------
+    ("export to a folder", lambda t: ["export", str(fake_run(t, "finished")), "-o", str(t)],
+     r"error: .* is a folder: name the file to write$"),
+    ("export over a run's own file", lambda t: _into_run(t, "export", "model.safetensors"),
+     r"/model\.safetensors is a file of the run in .*: write somewhere else$"),
+    ("report over a run's own file", lambda t: _into_run(t, "report", "run.json"),
+     r"/run\.json is a file of the run in .*: write somewhere else$"),
+    ("curves in another format", lambda t: ["compare", str(fake_run(t, "finished")), "--plot",
+                                            str(t / "curves.csv")],
+     r"curves\.csv: draw the curves as \.png or \.svg$"),
 ]
+
+
+def _into_run(tmp: Path, command: str, name: str) -> list[str]:
+    run = fake_run(tmp, "finished")
+    return [command, str(run), "-o", str(run / name)]
 
 
 def _unlink(path: Path) -> Path:
@@ -288,3 +303,46 @@ def test_table_matches_docs():
     rows = [line.split("|")[1].strip() for line in doc.splitlines() if line.startswith("| ")]
     tested_here = [r for r in rows[1:] if "tests/test_" not in r]
     assert tested_here == [i for i, _, _ in CASES]
+
+
+def test_a_write_the_system_refuses_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    """A read-only disk, a permission or a full disk where a command writes: the machine's
+    reason and the file in one line, exit 2, not an internal error."""
+    from fashionlab import plots
+
+    def refuse(fig, stem, formats=("png", "svg")):
+        raise OSError(30, "Read-only file system", str(stem) + ".png")
+
+    monkeypatch.setattr(plots, "save", refuse)
+    assert main(["plot", str(tiny_run), "--out", str(tmp_path / "figures")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fashionlab: error: {tmp_path / 'figures'}/curves.png: Read-only file system\n"
+
+
+def test_interrupt_outside_training_says_so(capsys, monkeypatch):
+    from fashionlab.cli import recipes
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes, "run", interrupted)
+    assert main(["recipes"]) == 130
+    assert capsys.readouterr().err == "fashionlab: interrupted\n"
+
+
+def test_export_and_report_make_their_folder_and_leave_no_partial_file(tiny_run, tmp_path,
+                                                                      monkeypatch):
+    from fashionlab import export
+
+    out = tmp_path / "new" / "deeper" / "model.onnx"
+    assert main(["export", str(tiny_run), "-o", str(out)]) == 0 and out.stat().st_size > 0
+    report = tmp_path / "other" / "r.html"
+    assert main(["report", str(tiny_run), "-o", str(report)]) == 0 and report.is_file()
+
+    def fails(model, path, meta):
+        path.with_name(path.name + ".partial").write_bytes(b"half")
+        raise OSError(28, "No space left on device", str(path) + ".partial")
+
+    monkeypatch.setattr(export, "to_onnx", fails)
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "other"]

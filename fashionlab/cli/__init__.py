@@ -58,14 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # exit 130 (SIGINT) or 143 (SIGTERM), as shells report
         run_dir = getattr(e, "run_dir", None)
         resume = f"; resume with: fashionlab train --resume {run_dir}" if run_dir else ""
-        print(f"fashionlab: {e or 'interrupted'}{resume}", file=sys.stderr)
+        print(f"fashionlab: {str(e) or 'interrupted'}{resume}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
     except BrokenPipeError:  # `fashionlab ... | head` closed our output: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the machine said no (permissions, a full or read-only disk, ...)
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fashionlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:  # a bug: say so in one line unless --debug
         if args.debug:
             raise
         print(f"fashionlab: internal error: {type(e).__name__}: {e} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+              "(rerun as `fashionlab --debug ...` for the traceback)", file=sys.stderr)
         return 1

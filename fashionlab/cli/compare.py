@@ -17,10 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashionlab.compare import compare, overlay
+    from fashionlab.compare import compare, curves_file, overlay
 
+    plot = curves_file(args.plot) if args.plot else None
     result = compare(args.runs)
     print(result)
-    if args.plot:
-        print(f"\ncurves: {overlay(result, args.plot)}")
+    if plot:
+        print(f"\ncurves: {overlay(result, plot)}")
     return 0
