@@ -120,13 +120,17 @@ def _type_name(value: Any) -> str:
             list: "a list"}[type(value)]
 
 
-def _check_value(section: str, key: str, value: Any) -> Any:
+def check_value(section: str, key: str, value: Any) -> Any:
+    """One config value against its key's type and range (an int for a float key becomes a
+    float); anything a spec, a flag or --set gives passes through here."""
     default = DEFAULTS[section][key]
     where = f"{section}.{key}"
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not type(default):
-        raise SpecError(f"{where} must be {_type_name(default)}, got {value!r}")
+        choices = (f" ({', '.join(CHOICES[section, key])})" if (section, key) in CHOICES
+                   else "")
+        raise SpecError(f"{where} must be {_type_name(default)}{choices}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(f"{where} must be a finite number, got {value}")
     if (section, key) in CHOICES and value not in CHOICES[section, key]:
@@ -136,6 +140,8 @@ def _check_value(section: str, key: str, value: Any) -> Any:
         raise SpecError(f"{where} must be positive, got {value}")
     if (section, key) in NON_NEGATIVE and value < 0:
         raise SpecError(f"{where} must not be negative, got {value}")
+    if (section, key) == ("train", "seed") and not 0 <= value < 2**32:
+        raise SpecError(f"{where} must lie in 0..{2**32 - 1}, got {value}")
     if (section, key) == ("train", "tta_shift") and value >= 14:
         raise SpecError(f"{where} must be under 14 pixels (half a 28x28 image), got {value}")
     if (section, key) in PROBABILITIES and not 0 <= value < 1:
@@ -159,7 +165,7 @@ def merge(config: dict, update: dict, origin: str) -> dict:
             if key not in DEFAULTS[section]:
                 raise SpecError(f"{origin}: unknown key {section}.{_name(key)}"
                                 f"{_suggest(key, DEFAULTS[section])}")
-            out[section][key] = _check_value(section, key, value)
+            out[section][key] = check_value(section, key, value)
     return out
 
 
@@ -180,7 +186,7 @@ def _merge_bf16(current: dict, table: dict, origin: str) -> dict:
                                 "precision: it is read before the precision is chosen")
             if section == "model" and (key != "layers" or not value):
                 raise SpecError(f"{origin}: bf16.model holds a non-empty layers list only")
-            out.setdefault(section, {})[key] = _check_value(section, key, value)
+            out.setdefault(section, {})[key] = check_value(section, key, value)
     return out
 
 
@@ -235,9 +241,11 @@ def read_source(source: str) -> tuple[dict, str]:
     path = Path(source)
     if path.suffix == ".toml" or path.exists():
         try:
-            doc = parse_toml(path.read_text(), str(path))
+            doc = parse_toml(path.read_text(encoding="utf-8"), str(path))
         except OSError as e:
             raise SpecError(f"cannot read {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a UTF-8 text file (a TOML spec is text)") from None
         model = doc.setdefault("model", {})
         model["name"] = model.get("name") or path.stem  # names the run folder
         return doc, str(path)

@@ -238,9 +238,12 @@ def read_history(path: Path) -> list[dict[str, float]]:
     file = path / "history.csv"
     if not file.exists():
         return []
-    with open(file) as f:
-        return [{k: (float(v) if v not in ("", None) else float("nan")) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    try:
+        with open(file) as f:
+            return [{k: (float(v) if v not in ("", None) else float("nan"))
+                     for k, v in row.items()} for row in csv.DictReader(f)]
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as e:
+        raise RunError(f"{file} is unreadable ({str(e).splitlines()[0]})") from None
 
 
 def save_predictions(path: Path, probabilities: np.ndarray, labels: np.ndarray) -> None:
@@ -296,10 +299,14 @@ def load_run(path: str | Path, require_finished: bool = True) -> Run:
     if require_finished and info.get("state") != "finished":
         reason = f": {info['reason']}" if info.get("reason") else ""
         raise RunError(f"{path} is not finished (state {info.get('state', '?')}{reason})")
-    try:
-        config = tomllib.loads((path / "config.toml").read_text())
-        metrics_file = path / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path}: unreadable run files ({e})") from None
+    config = _read(path / "config.toml", tomllib.loads)
+    metrics_file = path / "metrics.json"
+    metrics = _read(metrics_file, json.loads) if metrics_file.exists() else {}
     return Run(path, config, info, read_history(path), metrics)
+
+
+def _read(file: Path, parse) -> Any:
+    try:
+        return parse(file.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{file} is unreadable ({str(e).splitlines()[0]})") from None

@@ -39,6 +39,8 @@ def parse_seeds(text: str) -> list[int]:
         return list(range(1, items[0] + 1))
     if len(set(items)) != len(items) or not items:
         raise UserError(f"--seeds {text!r}: list each seed once")
+    for seed in items:  # before a group folder is made for them
+        cfg.check_value("train", "seed", seed)
     return items
 
 

@@ -11,6 +11,7 @@ optional `serve` extra, imported only here.
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
 # and `Request` is imported inside create_app so fastapi stays optional.
 import base64
+import socket
 from importlib import resources
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def create_app(trained: Trained, max_upload: int = MAX_UPLOAD):
     return app
 
 
+def check_address(host: str, port: int) -> None:
+    """Bind once before saying "serving": a port in use or an address this machine does not
+    have is then one line, not uvicorn's log after our own success message."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind((host, port))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load the run and serve until Ctrl-C."""
     try:
@@ -77,5 +90,6 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     except ImportError:
         raise UserError("serve needs the web extra: pip install 'fashionlab[serve]'") from None
     app = create_app(load_trained(run))
+    check_address(host, port)
     print(f"fashionlab: serving {run} on http://{host}:{port}  (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

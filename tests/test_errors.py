@@ -143,6 +143,8 @@ CASES = [
      r"cannot read .*missing\.toml: No such file or directory"),
     ("unknown recipe", lambda t: ["train", "weil-fx"],
      r"no recipe or file named 'weil-fx' \(did you mean 'weil-fc'\?\)"),
+    ("spec file not text", lambda t: _binary_spec(t),
+     r"spec\.toml: not a UTF-8 text file \(a TOML spec is text\)$"),
     ("no layers", lambda t: spec(t, {"data": TINY["data"]}), r"the config has no \[model\] layers"),
     ("unknown layer type", lambda t: spec(t, layers(FLAT, {"type": "dense2"}, OUT)),
      r"layer 1: unknown layer type 'dense2' \(known: flatten, dense"),
@@ -179,6 +181,13 @@ CASES = [
      r"argument --optimizer: invalid choice: 'adamax'"),
     ("unknown optimizer in --set", lambda t: spec(t, TINY, "--set", "train.optimizer=adamax"),
      r"train\.optimizer must be one of sgd, adam, adamw, rmsprop, got 'adamax'"),
+    ("seed out of range", lambda t: spec(t, TINY, "--seed", "-1"),
+     r"train\.seed must lie in 0\.\.4294967295, got -1$"),
+    ("--seeds out of range", lambda t: spec(t, TINY, "--seeds", "1,4294967296"),
+     r"train\.seed must lie in 0\.\.4294967295, got 4294967296$"),
+    ("a choice given as another type", lambda t: spec(t, TINY, "--set",
+                                                      "train.channels_last=false"),
+     r"train\.channels_last must be a string \(auto, on, off\), got False$"),
     ("infinite lr", lambda t: spec(t, TINY, "--set", "train.lr=inf"),
      r"train\.lr must be a finite number, got inf"),
     ("--set without =", lambda t: spec(t, TINY, "--set", "train.lr"),
@@ -228,6 +237,8 @@ CASES = [
     ("report on an unfinished run", lambda t: ["report", str(fake_run(t, "running")),
                                               "-o", str(t / "r.html")],
      r"is not finished \(state running\)$"),
+    ("unreadable history.csv", lambda t: ["compare", str(_bad_history(t))],
+     r"/history\.csv is unreadable \(could not convert string to float: 'x'\)$"),
     ("corrupt weights file", lambda t: ["evaluate", str(fake_run(t, "finished", model=b"junk"))],
      r"model\.safetensors: not a readable safetensors file"),
     ("resume a missing run", lambda t: ["train", "--resume", str(t / "nope")],
@@ -243,6 +254,17 @@ CASES = [
                                             str(t / "curves.csv")],
      r"curves\.csv: draw the curves as \.png or \.svg$"),
 ]
+
+
+def _binary_spec(tmp: Path) -> list[str]:
+    (tmp / "spec.toml").write_bytes(b"\xff\xfe[\x00m\x00")
+    return ["train", str(tmp / "spec.toml")]
+
+
+def _bad_history(tmp: Path) -> Path:
+    run = fake_run(tmp, "finished")
+    (run / "history.csv").write_text("epoch,loss\n1,x\n")
+    return run
 
 
 def _into_run(tmp: Path, command: str, name: str) -> list[str]:

@@ -125,3 +125,21 @@ def test_page_renders_and_predicts_in_chromium(server, trained, tmp_path):
     assert len(names) == 3 and set(names) <= set(trained.classes), dom[-3000:]
     assert 'src="data:image/png;base64,' in dom
     assert re.search(r'<p id="error" role="alert"></p>', dom)
+
+
+def test_a_port_in_use_or_out_of_range_is_one_line(tiny_run, capsys):
+    from fashionlab import serve
+    from fashionlab.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_run), "--port", str(port)]) == 2
+        assert capsys.readouterr().err == (
+            f"fashionlab: error: cannot listen on 127.0.0.1:{port}: Address already in use\n")
+    serve.check_address("127.0.0.1", port)  # free again: no error
+    with pytest.raises(SystemExit) as done:
+        main(["serve", str(tiny_run), "--port", "99999"])
+    assert done.value.code == 2
+    assert "argument --port: invalid port value: '99999'" in capsys.readouterr().err

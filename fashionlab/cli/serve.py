@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 
 
+def port(text: str) -> int:
+    value = int(text)  # argparse turns a ValueError into "invalid port value"
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a web page to try a trained model on your photos",
                        description="Serve a page where you upload, drag or draw a garment and "
@@ -13,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--port", type=port, default=8000, help="port (default: %(default)s)")
     p.set_defaults(func=run)
 
 
