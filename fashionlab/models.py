@@ -290,6 +290,12 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
             raise SpecError(f"{where}: dropout rate must lie in [0, 1), got {rate!r}")
         return [nn.Dropout(float(rate))], shape, 0
     if kind == "batchnorm":
+        momentum, eps = p["momentum"], p["epsilon"]
+        if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise SpecError(f"{where}: batchnorm momentum must lie in [0, 1] (Keras's: the "
+                            f"share of the running statistics kept each step), got {momentum!r}")
+        if not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise SpecError(f"{where}: batchnorm epsilon must be positive, got {eps!r}")
         bn = (nn.BatchNorm2d if image else nn.BatchNorm1d)(
             shape[0], eps=float(p["epsilon"]), momentum=1.0 - float(p["momentum"]))
         return [bn], shape, 0

@@ -354,19 +354,21 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
             loss_sum.add_(loss.detach(), alpha=len(y))
             correct += (z.detach().argmax(1) == y).sum()
             if step % CHECK_EVERY == CHECK_EVERY - 1 and not distributed.finite(loss_sum):
-                _diverged(epoch, step, loss_sum, opt, run_dir)
+                _diverged(f"loss became {loss_sum.item()}", epoch, step, opt, run_dir)
             bar.update()
         bar.close()
         distributed.sum_(loss_sum, correct)  # the global loss and accuracy
         distributed.average_buffers(module)
         if not torch.isfinite(loss_sum):
-            _diverged(epoch, steps - 1, loss_sum, opt, run_dir)
+            _diverged(f"loss became {loss_sum.item()}", epoch, steps - 1, opt, run_dir)
         evaluated = module
         if ema:
             ema.sync_buffers()
             evaluated = ema.module
         val_loss, val_acc = loss_and_accuracy(
             logits(evaluated, t.x_val, config, dev, precision, channels_last), t.y_val)
+        if len(t.y_val) and not math.isfinite(val_loss):  # e.g. batch norm's running statistics
+            _diverged(f"validation loss became {val_loss}", epoch, steps - 1, opt, run_dir)
         seconds = time.perf_counter() - start
         loop.seconds += seconds
         row = {"epoch": epoch, "loss": loss_sum.item() / n, "accuracy": correct.item() / n,
@@ -433,11 +435,11 @@ def _early_stopping(loop: Loop, row: dict, train_cfg: dict, module: torch.nn.Mod
     return bool(train_cfg["patience"]) and loop.wait >= train_cfg["patience"]
 
 
-def _diverged(epoch: int, step: int, loss_sum: torch.Tensor, opt, run_dir: Path) -> None:
+def _diverged(what: str, epoch: int, step: int, opt, run_dir: Path) -> None:
     lr = opt.param_groups[0]["lr"]
     kept = f"epoch {epoch - 1} kept in {run_dir}" if epoch > 1 else "no epoch finished"
-    raise DivergedError(f"training diverged: loss became {loss_sum.item()} at epoch {epoch}, "
-                        f"step {step + 1} (lr {lr:g}); lower the learning rate ({kept})")
+    raise DivergedError(f"training diverged: {what} at epoch {epoch}, step {step + 1} "
+                        f"(lr {lr:g}); lower the learning rate ({kept})")
 
 
 def _finish(net: models.Net, module: torch.nn.Module, config: dict, t: Tensors, run_dir: Path,

@@ -85,3 +85,19 @@ def test_console_script_module_entry():
     done = subprocess.run([sys.executable, "-m", "fashionlab", "--version"],
                           capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("fashionlab ")
+
+
+def test_a_run_at_chance_level_is_flagged(tiny_data, tiny_config, tmp_path, capsys):
+    """A learning rate that wrecks training without a nan finishes; the user is told that
+    the result is chance, not left to read 10% as a model's score."""
+    from fashionlab import config as cfg
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(cfg.dumps(tiny_config))
+    args = ["train", str(spec), "--data-dir", str(tiny_data), "--out", str(tmp_path / "runs"),
+            "-q", "--no-plots"]
+    assert main([*args, "--lr", "0.000000001"]) == 0
+    err = capsys.readouterr().err
+    assert "is chance level (10 classes): the net learned nothing" in err
+    assert main(args) == 0
+    assert "chance level" not in capsys.readouterr().err

@@ -163,6 +163,10 @@ CASES = [
      r"layer 0 \(dense\): dense needs a flat input, got \(1, 28, 28\)"),
     ("wrong number of outputs", lambda t: spec(t, layers(FLAT, {"type": "dense", "units": 5})),
      r"the last layer outputs shape \(5,\); 10 classes need \(10,\)"),
+    ("batch norm momentum out of range", lambda t: spec(t, layers(
+        FLAT, {"type": "batchnorm", "momentum": 2}, OUT)),
+     r"layer 1 \(batchnorm\): batchnorm momentum must lie in \[0, 1\] \(Keras's: the share of "
+     r"the running statistics kept each step\), got 2$"),
     ("softmax before the end", lambda t: spec(t, layers(
         FLAT, {"type": "dense", "units": 8, "activation": "softmax"}, OUT)),
      r"softmax is only supported on the last layer"),

@@ -88,6 +88,21 @@ def test_divergence_guard_keeps_last_good_epoch(tiny_data, tiny_config, tmp_path
         runs.load_run(path)
 
 
+def test_divergence_guard_watches_the_validation_loss(tiny_data, tiny_config, tmp_path,
+                                                      monkeypatch):
+    """Batch norm's running statistics can break while the training loss (on batch statistics)
+    stays finite: a validation loss of nan is divergence too, not a finished run."""
+    import fashionlab.train as train_module
+
+    monkeypatch.setattr(train_module, "loss_and_accuracy", lambda z, y: (math.nan, 0.1))
+    with pytest.raises(DivergedError, match=r"^training diverged: validation loss became nan at "
+                       r"epoch 1, step 5 \(lr 0\.001\); lower the learning rate \(no epoch "
+                       r"finished\)$"):
+        run_tiny(tiny_data, tiny_config, tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert runs.read_info(run)["state"] == "diverged"
+
+
 def test_early_stopping_tracks_best_and_patience():
     loop, cfg_ = Loop(), {"monitor": "val_accuracy", "patience": 2}
     module = torch.nn.Linear(2, 2)

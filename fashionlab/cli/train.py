@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from fashionlab.cli import add_data_dir
 from fashionlab.cli.plot import after_run
@@ -15,6 +16,9 @@ FLAGS = {  # option -> config key
     "lr": "train.lr", "val": "data.val", "seed": "train.seed", "precision": "train.precision",
     "engine": "train.engine",
 }
+
+
+CHANCE_LEVEL = 0.15  # 10 classes: guessing scores 10%, a net that learned anything far more
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         os.environ["FASHIONLAB_DEVICE"] = args.device
     finished = args.resume is not None and load_run(args.resume, require_finished=False).finished
     if finished:
-        print(f"{args.resume} is already finished; nothing to resume", file=sys.stderr)
+        print(f"{args.resume} is already finished; nothing to resume (to train it longer, "
+              f"start a new run: fashionlab train {Path(args.resume) / 'config.toml'} "
+              "--epochs N)", file=sys.stderr)
     flags = {key: getattr(args, name) for name, key in FLAGS.items()}
     if args.seeds:
         return _seeds(args, source, flags)
@@ -84,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"run: {path}")
     print(f"test accuracy: {m['test_accuracy']:.4f}  test loss: {m['test_loss']:.4f}  "
           f"epochs: {m['epochs_run']}  {m['seconds_per_epoch']:.1f} s/epoch")
-    after_run(run, args)
+    if not finished and m["test_accuracy"] < CHANCE_LEVEL:
+        print(f"warning: test accuracy {m['test_accuracy']:.1%} is chance level (10 classes): "
+              "the net learned nothing; a learning rate far too high or too low is the usual "
+              "cause", file=sys.stderr)
+    if not finished:  # a finished run has its figures, or was asked for none
+        after_run(run, args)
     return 0
 
 
