@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -134,8 +135,9 @@ def override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def open_storage(spec: str | None, folder: Path):
-    """A storage for `spec` (None: a journal file in the sweep folder)."""
+def open_storage(spec: str | None, folder: Path, writer: bool = True):
+    """A storage for `spec` (None: a journal file in the sweep folder); a writer is told, in
+    one line, when SQLite limits the study to one worker."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
@@ -149,14 +151,21 @@ def open_storage(spec: str | None, folder: Path):
         except Exception as e:  # sqlalchemy's errors: unreachable server, bad password, ...
             raise UserError(f"cannot open the study database: {str(e).splitlines()[0]}") from None
     if spec and spec.startswith("sqlite:///"):
-        warnings.warn("SQLite storage serves one worker only: concurrent writers fail with "
-                      "'database is locked'; use a journal file or PostgreSQL for several",
-                      stacklevel=2)
-        return RDBStorage(spec)
+        if writer:
+            print("note: SQLite storage serves one worker only (concurrent writers fail with "
+                  "'database is locked'); use a journal file or PostgreSQL for several",
+                  file=sys.stderr)
+        try:
+            return RDBStorage(spec)
+        except Exception as e:  # sqlalchemy's: a missing folder, not a database file, ...
+            raise UserError(f"cannot open the study database {spec}: "
+                            f"{str(e).splitlines()[0]}") from None
     if spec and "://" in spec:
         raise UserError(f"unsupported storage {spec!r}: give a file path (journal), "
                         "postgresql://... or sqlite:///...")
     path = Path(spec) if spec else folder / "study.journal"
+    if path.is_dir():
+        raise UserError(f"--storage {path} is a folder: name the journal file to keep the study in")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -17,7 +17,7 @@ from fashionlab.sweep import fmt, open_storage, override
 def load_study(name: str | None, storage: str):
     import optuna
 
-    store = open_storage(storage, Path("."))
+    store = open_storage(storage, Path("."), writer=False)
     names = optuna.get_all_study_names(store)
     if name is None:
         if len(names) != 1:

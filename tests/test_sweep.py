@@ -82,11 +82,19 @@ def test_space_keys_nested_or_quoted_are_the_same(files):
         ("train.lr", "float", 0.001, 0.01, None), ("model.layers.1.units", "int", 8, 64, 8)]
 
 
-def test_storage_choices(tmp_path):
+def test_storage_choices(tmp_path, capsys):
     with pytest.raises(UserError, match="unsupported storage"):
         sweep.open_storage("mysql://x/y", tmp_path)
-    with pytest.warns(UserWarning, match="one worker only"):
-        sweep.open_storage(f"sqlite:///{tmp_path}/s.db", tmp_path)
+    sweep.open_storage(f"sqlite:///{tmp_path}/s.db", tmp_path)
+    assert capsys.readouterr().err == (
+        "note: SQLite storage serves one worker only (concurrent writers fail with 'database is "
+        "locked'); use a journal file or PostgreSQL for several\n")
+    sweep.open_storage(f"sqlite:///{tmp_path}/s.db", tmp_path, writer=False)  # `sweep show`
+    assert capsys.readouterr().err == ""
+    with pytest.raises(UserError, match=r"^cannot open the study database sqlite:///.*/no/s\.db: "):
+        sweep.open_storage(f"sqlite:///{tmp_path}/no/s.db", tmp_path, writer=False)
+    with pytest.raises(UserError, match=r"is a folder: name the journal file"):
+        sweep.open_storage(str(tmp_path), tmp_path)
     store = sweep.open_storage(None, tmp_path / "sw")
     assert type(store).__name__ == "JournalStorage"
 
