@@ -115,6 +115,9 @@ def load_weights(module: nn.Module, weights: dict[str, np.ndarray], where: str) 
 def load_trained(path: str | Path, precision: str = "auto") -> Trained:
     """Rebuild a finished run's model and load its final weights."""
     run = runs.load_run(path)
+    if run.info.get("engine") == "scikit-learn":
+        raise RunError(f"{run.path} is a scikit-learn baseline: it has test predictions for "
+                       "compare and report, but no network to evaluate, predict or export")
     config = cfg.resolve(run.config)
     net = models.build(config["model"]["layers"])
     load_weights(net.module, run.weights(), str(run.path / "model.safetensors"))

@@ -299,6 +299,9 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
     generators = {"order": order_gen, "augment": aug_gen}
     loop = Loop()
     saved = checkpoint.load(run_dir) if resuming else None
+    if resuming and saved is None and rank == 0:
+        print(f"warning: {run_dir} has no checkpoint (it stopped before its first epoch ended, "
+              "or the file was removed): training starts again from epoch 1", file=sys.stderr)
     if saved is not None:
         try:
             module.load_state_dict(saved["model"])

@@ -243,6 +243,11 @@ CASES = [
      r"is not finished \(state running\)$"),
     ("unreadable history.csv", lambda t: ["compare", str(_bad_history(t))],
      r"/history\.csv is unreadable \(could not convert string to float: 'x'\)$"),
+    ("a baseline where a network is needed", lambda t: ["evaluate", str(_baseline(t))],
+     r"is a scikit-learn baseline: it has test predictions for compare and report, but no "
+     r"network to evaluate, predict or export$"),
+    ("a seed group where a run is needed", lambda t: ["compare", str(_group(t))],
+     r"/group is a group of seed runs, not one run: name its runs, .*/group/\*$"),
     ("corrupt weights file", lambda t: ["evaluate", str(fake_run(t, "finished", model=b"junk"))],
      r"model\.safetensors: not a readable safetensors file"),
     ("resume a missing run", lambda t: ["train", "--resume", str(t / "nope")],
@@ -258,6 +263,18 @@ CASES = [
                                             str(t / "curves.csv")],
      r"curves\.csv: draw the curves as \.png or \.svg$"),
 ]
+
+
+def _baseline(tmp: Path) -> Path:
+    run = fake_run(tmp, "finished")
+    runs.update_info(run, engine="scikit-learn")
+    return run
+
+
+def _group(tmp: Path) -> Path:
+    (tmp / "group").mkdir()
+    (tmp / "group" / "group.json").write_text("{}")
+    return tmp / "group"
 
 
 def _binary_spec(tmp: Path) -> list[str]:

@@ -343,3 +343,14 @@ def test_resume_on_another_kind_of_device(tiny_config, tiny_data, tmp_path, caps
     precision = hardware.resolve_precision("auto", torch.device("cpu"), conv_flops=0)
     assert finished.metrics["epochs_run"] == 2
     assert finished.info["resumed_on"] == f"cpu ({precision})"
+
+
+def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data, tmp_path,
+                                                          capsys):
+    run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
+    (run / "checkpoint.safetensors").unlink()
+    assert main(["train", "--resume", str(run), "-q", "--no-plots"]) == 0
+    assert capsys.readouterr().err.startswith(
+        f"warning: {run} has no checkpoint (it stopped before its first epoch ended, or the "
+        "file was removed): training starts again from epoch 1\n")
+    assert runs.load_run(run).metrics["epochs_run"] == tiny_config["train"]["epochs"]
