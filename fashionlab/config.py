@@ -99,8 +99,8 @@ BF16 = "bf16"
 BF16_SECTIONS = ("train", "augment", "model")
 BF16_FIXED = {("train", "precision"), ("train", "engine"), ("train", "seed")}
 
-PROBABILITIES = {("augment", "flip"), ("augment", "erase"), ("train", "label_smoothing"),
-                 ("train", "ema")}
+PROBABILITIES = {("augment", "flip"), ("augment", "erase")}  # 1: every image
+FRACTIONS = {("train", "label_smoothing"), ("train", "ema")}  # 1 would learn nothing
 
 RECIPES = resources.files("fashionlab") / "recipes"
 
@@ -108,6 +108,18 @@ RECIPES = resources.files("fashionlab") / "recipes"
 def _suggest(word: str, options) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+ALIASES = {"learning_rate": "train.lr", "lr_schedule": "train.schedule",
+           "validation": "data.val", "validation_split": "data.val"}  # other tools' names
+
+
+def _home(key: str) -> str | None:
+    """section.key where a key given in the wrong place, or by another tool's name, lives."""
+    if key in ALIASES:
+        return ALIASES[key]
+    homes = [f"{section}.{key}" for section, keys in DEFAULTS.items() if key in keys]
+    return homes[0] if len(homes) == 1 else None
 
 
 def _name(text: str) -> str:
@@ -142,9 +154,11 @@ def check_value(section: str, key: str, value: Any) -> Any:
         raise SpecError(f"{where} must not be negative, got {value}")
     if (section, key) == ("train", "seed") and not 0 <= value < 2**32:
         raise SpecError(f"{where} must lie in 0..{2**32 - 1}, got {value}")
-    if (section, key) == ("train", "tta_shift") and value >= 14:
+    if (section, key) in {("train", "tta_shift"), ("augment", "translate")} and value >= 14:
         raise SpecError(f"{where} must be under 14 pixels (half a 28x28 image), got {value}")
-    if (section, key) in PROBABILITIES and not 0 <= value < 1:
+    if (section, key) in PROBABILITIES and not 0 <= value <= 1:
+        raise SpecError(f"{where} must lie in [0, 1], got {value}")
+    if (section, key) in FRACTIONS and not 0 <= value < 1:
         raise SpecError(f"{where} must lie in [0, 1), got {value}")
     return value
 
@@ -153,6 +167,10 @@ def merge(config: dict, update: dict, origin: str) -> dict:
     """Return `config` with the sections of `update` laid over it, every key checked."""
     out = copy.deepcopy(config)
     for section, table in update.items():
+        home = _home(section)
+        if section not in DEFAULTS and section != BF16 and home and not isinstance(table, dict):
+            raise SpecError(f"{origin}: {_name(section)} belongs in a section: {home} = "
+                            f"{table!r}, or under [{home.split('.')[0]}]")
         if section not in DEFAULTS and section != BF16:
             raise SpecError(f"{origin}: unknown section [{_name(section)}]"
                             f"{_suggest(section, [*DEFAULTS, BF16])}")
@@ -163,8 +181,11 @@ def merge(config: dict, update: dict, origin: str) -> dict:
             continue
         for key, value in table.items():
             if key not in DEFAULTS[section]:
-                raise SpecError(f"{origin}: unknown key {section}.{_name(key)}"
-                                f"{_suggest(key, DEFAULTS[section])}")
+                home = _home(key)
+                hint = (f" (did you mean {home!r}?)" if home and home.split(".")[1] != key
+                        else f" (it belongs in [{home.split('.')[0]}]: {home})" if home
+                        else _suggest(key, DEFAULTS[section]))
+                raise SpecError(f"{origin}: unknown key {section}.{_name(key)}{hint}")
             out[section][key] = check_value(section, key, value)
     return out
 

@@ -55,6 +55,7 @@ def check_config(config: dict) -> None:
                    (t["tta_shift"] > 0, "train.tta_shift"),
                    (t["patience"] > 0, "train.patience (early stopping)"),
                    (t["precision"] == "bf16", "train.precision = 'bf16'"),
+                   (os.environ.get("FASHIONLAB_DEVICE") == "cuda", "--device cuda (CPU only)"),
                    *((v != 0, f"augment.{k}") for k, v in config["augment"].items())]
     for bad, what in unsupported:
         if bad:

@@ -58,7 +58,11 @@ def test_digest_ignores_recipe_header_but_not_training(tiny_config):
     ("train.lr=-1", "train.lr must not be negative"),
     ("train.optimizer=adagrad", "train.optimizer must be one of sgd, adam, adamw, rmsprop"),
     ("train.nesterov=1", "must be true/false"),
-    ("augment.flip=1.5", r"augment.flip must lie in \[0, 1\)"),
+    ("augment.flip=1.5", r"augment.flip must lie in \[0, 1\], got 1.5"),
+    ("train.ema=1", r"train.ema must lie in \[0, 1\), got 1.0"),
+    ("augment.translate=14", "augment.translate must be under 14 pixels"),
+    ("train.learning_rate=0.1", r"unknown key train.learning_rate \(did you mean 'train.lr'\?\)"),
+    ("train.val=first:10", r"unknown key train.val \(it belongs in \[data\]: data.val\)"),
     ("train.tta_shift=-1", "train.tta_shift must not be negative"),
     ("train.tta_shift=14", "train.tta_shift must be under 14 pixels"),
     ("model.layers.9.units=3", "no layer 9"),
@@ -68,6 +72,17 @@ def test_digest_ignores_recipe_header_but_not_training(tiny_config):
 def test_bad_overrides(tiny_config, override, message):
     with pytest.raises(SpecError, match=message):
         config.resolve(tiny_config, overrides=[override])
+
+
+def test_a_key_outside_its_section_is_pointed_home(tiny_config):
+    with pytest.raises(SpecError, match=r"^spec: epochs belongs in a section: train.epochs = 3, "
+                       r"or under \[train\]$"):
+        config.merge(config.resolve(tiny_config), {"epochs": 3}, "spec")
+
+
+def test_flip_and_erase_may_touch_every_image(tiny_config):
+    resolved = config.resolve(tiny_config, overrides=["augment.flip=1", "augment.erase=1"])
+    assert (resolved["augment"]["flip"], resolved["augment"]["erase"]) == (1.0, 1.0)
 
 
 def test_int_accepted_for_float_and_bare_strings():

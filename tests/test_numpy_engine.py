@@ -185,6 +185,18 @@ def test_unsupported_options_are_refused_by_name(tiny_config, tiny_data, change,
         numpy_engine.train(config, data_dir=str(tiny_data), out=None, quiet=True)
 
 
+def test_a_gpu_asked_for_is_refused(capsys, monkeypatch):
+    """--device cuda (or FASHIONLAB_DEVICE) must not be ignored by an engine that runs on the
+    CPU only, as the torch engine refuses it where there is no GPU."""
+    from fashionlab.cli import main
+
+    monkeypatch.setenv("FASHIONLAB_DEVICE", "cuda")  # what --device cuda sets
+    assert main(["train", "bodapati-task1", "-q"]) == 2
+    assert capsys.readouterr().err == (
+        'fashionlab: error: the numpy engine does not support --device cuda (CPU only); use '
+        'train.engine = "torch"\n')
+
+
 @pytest.mark.parametrize(("layers", "message"), [
     ([{"type": "dens", "units": 10}], "unknown layer type 'dens'"),
     ([{"type": "dense", "units": 10}], "dense needs a flat input"),

@@ -16,10 +16,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_builds(resolved: dict) -> None:
+    """Build the model as `train` would, so that a bad layer is an error here too."""
+    if resolved["train"]["engine"] == "numpy":
+        import numpy as np
+
+        from fashionlab import numpy_engine, numpy_net
+
+        numpy_engine.check_config(resolved)
+        numpy_net.build(resolved["model"]["layers"], np.random.default_rng(0))
+    else:
+        from fashionlab import models
+
+        models.build(resolved["model"]["layers"])
+
+
 def run(args: argparse.Namespace) -> int:
     from fashionlab import config
 
     resolved = config.resolve(args.source, overrides=args.overrides)
+    check_builds(resolved)  # "ready to train" only if it would
     print(config.dumps(resolved), end="")
     if config.bf16_keys(resolved):  # say which half of the recipe this machine would run
         from fashionlab import hardware, models
