@@ -214,6 +214,9 @@ CASES = [
     ("early stopping without validation", lambda t: spec(
         t, TINY, "--val", "none", "--set", "train.patience=2"),
      r"early stopping \(train\.patience\) needs a validation split"),
+    ("warm-up as long as training", lambda t: spec(t, TINY, "--set", "train.warmup_epochs=1"),
+     r"train\.warmup_epochs \(1\) must be below train\.epochs \(1\): the learning rate would "
+     r"never reach its peak$"),
     ("unknown dataset", lambda t: spec(t, TINY, "--set", "data.dataset=cifar"),
      r"data\.dataset must be one of fashion-mnist, any, got 'cifar'"),
     ("resume with a recipe", lambda t: ["train", "quick-fc", "--resume", str(t)],
