@@ -297,7 +297,7 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
         if not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
             raise SpecError(f"{where}: batchnorm epsilon must be positive, got {eps!r}")
         bn = (nn.BatchNorm2d if image else nn.BatchNorm1d)(
-            shape[0], eps=float(p["epsilon"]), momentum=1.0 - float(p["momentum"]))
+            shape[0], eps=float(eps), momentum=1.0 - float(momentum))
         return [bn], shape, 0
     if kind == "leaky_relu":
         return [nn.LeakyReLU(float(p["alpha"]))], shape, 0

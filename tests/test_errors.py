@@ -265,6 +265,8 @@ CASES = [
      r"/model\.safetensors is a file of the run in .*: write somewhere else$"),
     ("report over a run's own file", lambda t: _into_run(t, "report", "run.json"),
      r"/run\.json is a file of the run in .*: write somewhere else$"),
+    ("reproduce's table into a folder", lambda t: ["reproduce", "weil", "-o", str(t)],
+     r"error: .* is a folder: name the file to write$"),
     ("curves in another format", lambda t: ["compare", str(fake_run(t, "finished")), "--plot",
                                             str(t / "curves.csv")],
      r"curves\.csv: draw the curves as \.png or \.svg$"),

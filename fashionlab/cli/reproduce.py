@@ -36,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashionlab import reproduce
+    from fashionlab import reproduce, runs
 
+    if args.output:  # before hours of training, not after the first recipe
+        runs.output_file(args.output)
     command = "fashionlab " + shlex.join(argv(args))
     title = f"Reproduction: {args.report}"
 
