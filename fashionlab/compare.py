@@ -19,7 +19,6 @@ import numpy as np
 
 from fashionlab import callable_module, runs, stats
 from fashionlab import config as cfg
-from fashionlab.errors import UserError
 
 
 @dataclass
@@ -135,19 +134,11 @@ def format_comparison(c: Comparison) -> str:
     return "\n".join(lines)
 
 
-def curves_file(path: str | Path) -> Path:
-    """Where `overlay` may draw, checked before the runs are read: a .png or .svg file."""
-    path = runs.output_file(path)
-    if path.suffix.lower() not in ("", ".png", ".svg"):
-        raise UserError(f"{path}: draw the curves as .png or .svg")
-    return path
-
-
 def overlay(c: Comparison, path: str | Path) -> Path:
     """Save the curves of every run with a history in one figure (format from the suffix)."""
     from fashionlab import plots
 
-    path = curves_file(path)
+    path = runs.output_file(path, runs.FIGURES)
     fig = plots.overlay_figure([(f"#{i} {e.model}", e.run.history)
                                 for i, e in enumerate(c.entries, 1) if e.run.history])
     return plots.save(fig, path.with_suffix(""), (path.suffix.lstrip(".") or "png",))[0]

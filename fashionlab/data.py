@@ -310,3 +310,12 @@ def normalizer(kind: str) -> tuple[float, float]:
     if kind == "raw":
         return 1.0, 0.0
     raise DataError(f"unknown normalisation {kind!r}: use scale, standard or raw")
+
+
+def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> DataSet:
+    """The data set a run was trained on (its run.json and config.toml): --data-dir, else the
+    folder it recorded, so that scoring a run trained on other files reads those files."""
+    recorded = info.get("data", {}).get("path")
+    if data_dir is None and recorded and Path(recorded).is_dir():
+        data_dir = recorded
+    return load(data_dir, config.get("data", {}).get("dataset", "fashion-mnist"))

@@ -229,14 +229,6 @@ def png_bytes(fig: plt.Figure, dpi: int = 96) -> bytes:
     return buf.getvalue()
 
 
-def load_data(run: runs.Run, data_dir: str | Path | None = None) -> data.DataSet:
-    """The data set a run was trained on: --data-dir, else the folder run.json recorded."""
-    recorded = run.info.get("data", {}).get("path")
-    if data_dir is None and recorded and Path(recorded).is_dir():
-        data_dir = recorded
-    return data.load(data_dir, run.config.get("data", {}).get("dataset", "fashion-mnist"))
-
-
 def train_confusion(run: runs.Run, ds: data.DataSet) -> np.ndarray:
     """Confusion on the images the model trained on (the train split, validation excluded)."""
     from fashionlab.inference import load_trained
@@ -264,7 +256,7 @@ def plot_run(run: runs.Run | str | Path, data_dir: str | Path | None = None,
         done.notes.append("no per-epoch history (a baseline run?): curves skipped")
     probs, labels = run.predictions()
     try:
-        ds = load_data(run, data_dir)
+        ds = data.of_run(run.info, run.config, data_dir)
     except UserError as e:
         ds = None
         done.notes.append(f"data not loadable ({e}): sample, mistake and train plots skipped")

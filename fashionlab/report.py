@@ -196,7 +196,7 @@ def build(items: list[runs.Run | str | Path], title: str = "Fashion-MNIST study"
         raise UserError("name at least one run folder")
     c = compare.compare(items)
     try:
-        ds, note = plots.load_data(c.entries[0].run, data_dir), ""
+        ds, note = data.of_run(c.entries[0].run.info, c.entries[0].run.config, data_dir), ""
     except UserError as e:
         ds, note = None, f"Data not loadable ({e}); image figures are left out."
     toc = "".join(f'<li><a href="#run{i}">#{i} {html.escape(e.model)}</a></li>'

@@ -82,11 +82,16 @@ RUN_FILES = ("run.json", "config.toml", "metrics.json", "history.csv", "model.sa
              "checkpoint.safetensors", "predictions.safetensors")
 
 
-def output_file(path: str | Path) -> Path:
+FIGURES = ("", ".png", ".svg")  # no suffix: png
+
+
+def output_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
     """A file the user named for a command to write (a report, an export, a figure), checked
     before any work: its folder is made, and it may not be a folder or one of a run folder's
     own files, which writing over would lose a finished result."""
     path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise UserError(f"{path}: write it as {' or '.join(s for s in suffixes if s)}")
     if path.is_dir():
         raise UserError(f"{path} is a folder: name the file to write")
     if path.name in RUN_FILES and (path.parent / "run.json").is_file():

@@ -151,6 +151,8 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
         except Exception as e:  # sqlalchemy's errors: unreachable server, bad password, ...
             raise UserError(f"cannot open the study database: {str(e).splitlines()[0]}") from None
     if spec and spec.startswith("sqlite:///"):
+        if not writer and not Path(spec.removeprefix("sqlite:///")).exists():
+            raise UserError(f"no sweep database at {spec}")
         if writer:
             print("note: SQLite storage serves one worker only (concurrent writers fail with "
                   "'database is locked'); use a journal file or PostgreSQL for several",
@@ -166,6 +168,8 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
     path = Path(spec) if spec else folder / "study.journal"
     if path.is_dir():
         raise UserError(f"--storage {path} is a folder: name the journal file to keep the study in")
+    if not writer and not path.exists():  # reading: a typo must not leave an empty journal
+        raise UserError(f"no sweep journal at {path}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -50,11 +50,12 @@ def test_train_evaluate_roundtrip(tiny_data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "test accuracy:" in printed
     run = next(out.iterdir())
-    assert main(["evaluate", str(run), "--data-dir", str(tiny_data)]) == 0
-    report = capsys.readouterr().out
     accuracy = printed.split("test accuracy: ")[1].split()[0]
-    assert f"test accuracy: {accuracy}" in report  # evaluate reproduces the run's figure
-    assert "confusion matrix" in report and report.count("\n") > 20
+    for where in (["--data-dir", str(tiny_data)], []):  # without: the folder the run recorded
+        assert main(["evaluate", str(run), *where]) == 0
+        report = capsys.readouterr().out
+        assert f"test accuracy: {accuracy}" in report  # evaluate reproduces the run's figure
+        assert "confusion matrix" in report and report.count("\n") > 20
 
 
 def test_user_error_is_one_line_exit_2(tmp_path, capsys):

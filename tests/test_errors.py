@@ -269,7 +269,11 @@ CASES = [
      r"error: .* is a folder: name the file to write$"),
     ("curves in another format", lambda t: ["compare", str(fake_run(t, "finished")), "--plot",
                                             str(t / "curves.csv")],
-     r"curves\.csv: draw the curves as \.png or \.svg$"),
+     r"curves\.csv: write it as \.png or \.svg$"),
+    ("a sweep's best config over a run's own file", lambda t: [
+        "sweep", "show", "--storage", str(t / "s.journal"), "--write-recipe",
+        str(fake_run(t, "finished") / "config.toml")],
+     r"/config\.toml is a file of the run in .*: write somewhere else$"),
 ]
 
 

@@ -92,9 +92,15 @@ def test_storage_choices(tmp_path, capsys):
     sweep.open_storage(f"sqlite:///{tmp_path}/s.db", tmp_path, writer=False)  # `sweep show`
     assert capsys.readouterr().err == ""
     with pytest.raises(UserError, match=r"^cannot open the study database sqlite:///.*/no/s\.db: "):
+        sweep.open_storage(f"sqlite:///{tmp_path}/no/s.db", tmp_path)
+    capsys.readouterr()
+    with pytest.raises(UserError, match=r"^no sweep database at sqlite:///.*/no/s\.db$"):
         sweep.open_storage(f"sqlite:///{tmp_path}/no/s.db", tmp_path, writer=False)
     with pytest.raises(UserError, match=r"is a folder: name the journal file"):
         sweep.open_storage(str(tmp_path), tmp_path)
+    with pytest.raises(UserError, match=r"^no sweep journal at .*/typo\.journal$"):
+        sweep.open_storage(str(tmp_path / "typo.journal"), tmp_path, writer=False)
+    assert not (tmp_path / "typo.journal").exists()
     store = sweep.open_storage(None, tmp_path / "sw")
     assert type(store).__name__ == "JournalStorage"
 

@@ -17,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashionlab.compare import compare, curves_file, overlay
+    from fashionlab import runs
+    from fashionlab.compare import compare, overlay
 
-    plot = curves_file(args.plot) if args.plot else None
+    plot = runs.output_file(args.plot, runs.FIGURES) if args.plot else None
     result = compare(args.runs)
     print(result)
     if plot:

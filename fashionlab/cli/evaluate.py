@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from fashionlab.inference import load_trained, loss_and_accuracy
 
     trained = load_trained(args.run)
-    ds = data.load(args.data_dir, trained.config["data"]["dataset"])
+    ds = data.of_run(trained.run.info, trained.config, args.data_dir)
     z = trained.logits(ds.test_x)
     labels = torch.from_numpy(ds.test_y.astype("int64"))
     loss, acc = loss_and_accuracy(z, labels)

@@ -65,17 +65,19 @@ def _show(args: argparse.Namespace, name: str | None) -> int:
 
     if not args.storage:
         raise UserError("sweep show needs --storage (the sweep's journal file or database URL)")
+    plot = runs.output_file(args.plot, runs.FIGURES) if args.plot else None
+    recipe = runs.output_file(args.write_recipe, (".toml",)) if args.write_recipe else None
     study = results.load_study(name, args.storage)
     print(results.show(study, args.top))
     if not any(t.value is not None for t in study.trials):
         return 0
     folder = Path(study.user_attrs.get("folder", "."))
-    plot = Path(args.plot) if args.plot else (
+    plot = plot or (
         folder / "history.png" if folder.is_dir() else Path(f"{study.study_name}-history.png"))
     print(f"history plot: {results.plot_history(study, plot)}")
-    if args.write_recipe:
+    if recipe:
         from fashionlab import config as cfg
 
-        runs.write_text(Path(args.write_recipe), cfg.dumps(results.best_config(study)))
-        print(f"best config written to {args.write_recipe}")
+        runs.write_text(recipe, cfg.dumps(results.best_config(study)))
+        print(f"best config written to {recipe}")
     return 0
