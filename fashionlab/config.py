@@ -296,6 +296,8 @@ def apply_override(config: dict, path: list[str], value: Any) -> dict:
     name = _name(".".join(path))
     if len(path) == 2:
         return merge(config, {path[0]: {path[1]: value}}, f"--set {name}")
+    if len(path) == 1 and _home(path[0]):
+        raise SpecError(f"--set {name}: unknown key (did you mean {_home(path[0])!r}?)")
     if len(path) != 4 or path[:2] != ["model", "layers"]:
         raise SpecError(f"--set {name}: unknown key (use section.key or model.layers.N.key)")
     layers = config["model"]["layers"]

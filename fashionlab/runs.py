@@ -188,7 +188,7 @@ def read_info(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         if (path / "group.json").is_file():
             raise RunError(f"{path} is a group of seed runs, not one run: name its runs, "
-                           f"{path}/*") from None
+                           f"{path}/*/") from None
         raise RunError(f"{path} is not a fashionlab run folder (no run.json)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise RunError(f"{path}/run.json is unreadable ({e})") from None

@@ -84,5 +84,5 @@ def format_group(group: Path) -> str:
              for r in s["runs"]]
     t = s["test_accuracy"]
     lines.append(f"test accuracy: {t['mean']:.4f} ± {t['std']:.4f} (mean ± std over "
-                 f"{t['n']} seeds)")
+                 f"{t['n']} seeds)" if t["n"] > 1 else f"test accuracy: {t['mean']:.4f} (one seed)")
     return "\n".join(lines)

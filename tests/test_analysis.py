@@ -125,6 +125,12 @@ def test_baseline_rejects_bad_train_size(tiny, capsys):
     assert main(["baseline", "knn", "--train-size", "5000", "--dataset", "any",
                  "--data-dir", str(tiny["data"]), "--out", str(tiny["out"])]) == 2
     assert "--train-size must lie between 10 and 200" in capsys.readouterr().err
+    before = sorted(tiny["out"].iterdir())
+    assert main(["baseline", "svc", "--train-size", "10", "--dataset", "any",
+                 "--data-dir", str(tiny["data"]), "--out", str(tiny["out"])]) == 2
+    err = capsys.readouterr().err
+    assert "svc calibrates on 3 folds of each class, and 10 training images leave a class " in err
+    assert sorted(tiny["out"].iterdir()) == before  # refused before a run folder is made
 
 
 def test_train_cli_plots_unless_told_not_to(tiny, tmp_path):

@@ -68,6 +68,7 @@ def test_digest_ignores_recipe_header_but_not_training(tiny_config):
     ("model.layers.9.units=3", "no layer 9"),
     ("lr", "expected KEY=VALUE"),
     ("a.b.c=1", "unknown key"),
+    ("epochs=2", r"--set epochs: unknown key \(did you mean 'train.epochs'\?\)"),
 ])
 def test_bad_overrides(tiny_config, override, message):
     with pytest.raises(SpecError, match=message):

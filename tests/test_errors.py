@@ -113,7 +113,8 @@ CASES = [
     ("labels out of range", lambda t: replace(t, LABELS, idx_bytes(np.full(40, 12))),
      r"training labels: labels must lie in 0\.\.9, found 12\.\.12"),
     ("MNIST digits, not Fashion-MNIST", digits,
-     r"these are MNIST handwritten digits, not Fashion-MNIST \(use --dataset any"),
+     r"these are MNIST handwritten digits, not Fashion-MNIST \(data set 'any' takes them: "
+     r"--set data\.dataset=any, or --dataset any for data info and baseline\)$"),
     ("modified or other data set", lambda t: info(idx_set(t), "fashion-mnist"),
      r"files do not match the SHA-256 of Fashion-MNIST"),
     ("CSV without header", lambda t: csv_set(t, "1,2,3\n"),
@@ -253,7 +254,7 @@ CASES = [
      r"is a scikit-learn baseline: it has test predictions for compare and report, but no "
      r"network to evaluate, predict or export$"),
     ("a seed group where a run is needed", lambda t: ["compare", str(_group(t))],
-     r"/group is a group of seed runs, not one run: name its runs, .*/group/\*$"),
+     r"/group is a group of seed runs, not one run: name its runs, .*/group/\*/$"),
     ("corrupt weights file", lambda t: ["evaluate", str(fake_run(t, "finished", model=b"junk"))],
      r"model\.safetensors: not a readable safetensors file"),
     ("resume a missing run", lambda t: ["train", "--resume", str(t / "nope")],

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return _show(args, args.words[1] if len(args.words) == 2 else None)
     if len(args.words) > 1:
         raise UserError(f"sweep takes one recipe, got {' '.join(args.words)}")
-    if not args.space or not args.trials:
+    if not args.space or args.trials is None:
         raise UserError("a sweep needs --space FILE and --trials N")
     from fashionlab import sweep, sweep_results
 
