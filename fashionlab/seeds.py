@@ -55,17 +55,59 @@ def train_seeds(source: str | dict, seeds: list[int], *, flags: dict | None = No
                 overrides: list[str] = (), data_dir: str | None = None,
                 out: str | None = None, quiet: bool = False) -> Path:
     """Train one run per seed in a new group folder; return the folder."""
-    from fashionlab.train import train
-
     config = cfg.resolve(source, flags, overrides)  # fail on a bad config before any folder
     group = runs.create(f"{config['model']['name'] or 'run'}-seeds", out)
     unseeded = {**config, "train": {**config["train"], "seed": 0}}
     summary = {"kind": "fashionlab-seed-group", "source": str(source) if isinstance(
         source, str) else "config", "config_digest_without_seed": cfg.digest(unseeded),
-        "seeds": seeds, "runs": []}
-    for seed in seeds:
-        path = train(config, flags={"train.seed": seed}, data_dir=data_dir, out=str(group),
-                     quiet=quiet)
+        "config": cfg.dumps(config), "seeds": seeds, "runs": [],
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
+    runs.write_json(group / "group.json", summary)
+    return _train_group(group, summary, quiet)
+
+
+def resume_group(group: str | Path, quiet: bool = False, force: bool = False) -> Path:
+    """Finish a stopped group: keep its finished seeds, resume the one a signal stopped, train
+    the ones never started, with the config the group began with."""
+    group = Path(group)
+    summary = read_group(group)
+    if "config" not in summary:
+        raise UserError(f"{group} was made before groups could be resumed (no config in "
+                        "group.json): train the missing seeds with --seeds again")
+    return _train_group(group, summary, quiet, force)
+
+
+def read_group(group: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((group / "group.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{group}/group.json is unreadable ({e})") from None
+
+
+def _train_group(group: Path, summary: dict, quiet: bool, force: bool = False) -> Path:
+    """Each seed not yet in the summary: resumed where its run folder exists, else trained."""
+    from fashionlab.train import train
+
+    config = cfg.resolve(cfg.parse_toml(summary["config"], f"{group}/group.json"))
+    started = {runs.read_info(p)["seed"]: p for p in sorted(group.iterdir())
+               if (p / "run.json").is_file()}
+    done = {r["seed"] for r in summary["runs"]}
+    for seed in summary["seeds"]:
+        if seed in done:
+            continue
+        try:
+            if seed in started and runs.read_info(started[seed]).get("state") == "finished":
+                path = started[seed]
+            elif seed in started:
+                path = train(None, resume=started[seed], quiet=quiet, force=force)
+            else:
+                path = train(config, flags={"train.seed": seed}, data_dir=summary["data_dir"],
+                             out=str(group), quiet=quiet)
+        except KeyboardInterrupt as e:  # resume the group, not only this seed's run
+            e.run_dir = group
+            raise
         metrics = runs.load_run(path).metrics
         summary["runs"].append({"seed": seed, "path": path.name,
                                 "test_accuracy": metrics["test_accuracy"],
@@ -77,9 +119,7 @@ def train_seeds(source: str | dict, seeds: list[int], *, flags: dict | None = No
 
 
 def format_group(group: Path) -> str:
-    import json
-
-    s = json.loads((group / "group.json").read_text())
+    s = read_group(group)
     lines = [f"{r['path']}  seed {r['seed']}  test accuracy {r['test_accuracy']:.4f}"
              for r in s["runs"]]
     t = s["test_accuracy"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -354,3 +355,38 @@ def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data
         f"warning: {run} has no checkpoint (it stopped before its first epoch ended, or the "
         "file was removed): training starts again from epoch 1\n")
     assert runs.load_run(run).metrics["epochs_run"] == tiny_config["train"]["epochs"]
+
+
+def test_a_stopped_seed_group_resumes(tiny_config, tiny_data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in seed 2 of three: --resume GROUP keeps seed 1, resumes seed 2's own folder and
+    trains seed 3, and seed 2 ends as an unbroken run of it would."""
+    real = train_module.train
+
+    def ctrl_c(run_dir, epoch, row):
+        raise KeyboardInterrupt
+
+    def stop_in_seed_2(config, flags=None, **kwargs):
+        hooks = [ctrl_c] if flags == {"train.seed": 2} else []
+        return real(config, flags=flags, hooks=hooks, **kwargs)
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(cfg.dumps(tiny_config))
+    monkeypatch.setattr(train_module, "train", stop_in_seed_2)
+    assert main(["train", str(spec), "--seeds", "1,2,3", "--data-dir", str(tiny_data), "--out",
+                 str(tmp_path / "g"), "-q", "--no-plots"]) == 130
+    group = only_run(tmp_path / "g")
+    assert capsys.readouterr().err.endswith(f"; resume with: fashionlab train --resume {group}\n")
+    assert [r["seed"] for r in json.loads((group / "group.json").read_text())["runs"]] == [1]
+    stopped = {p.name for p in group.iterdir() if p.is_dir()}
+
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(group), "-q"]) == 0
+    summary = json.loads((group / "group.json").read_text())
+    assert [r["seed"] for r in summary["runs"]] == [1, 2, 3]
+    assert summary["test_accuracy"]["n"] == 3
+    assert stopped < {p.name for p in group.iterdir() if p.is_dir()}  # seed 2 resumed in place
+    alone = real(tiny_config, flags={"train.seed": 2}, data_dir=str(tiny_data),
+                 out=str(tmp_path / "alone"), quiet=True)
+    resumed = group / summary["runs"][1]["path"]
+    assert resumed.name in stopped
+    assert_same_weights(resumed, alone)

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
                         "(options and --set still apply, with --force)")
     if args.device:  # the env var carries the choice to every part, and to torchrun's ranks
         os.environ["FASHIONLAB_DEVICE"] = args.device
+    if args.resume is not None and (Path(args.resume) / "group.json").is_file():
+        return _resume_group(args)
     finished = args.resume is not None and load_run(args.resume, require_finished=False).finished
     if finished:
         print(f"{args.resume} is already finished; nothing to resume (to train it longer, "
@@ -96,6 +98,21 @@ def run(args: argparse.Namespace) -> int:
               "cause", file=sys.stderr)
     if not finished:  # a finished run has its figures, or was asked for none
         after_run(run, args)
+    return 0
+
+
+def _resume_group(args: argparse.Namespace) -> int:
+    """`--resume GROUP`: the group's own config and seeds; options would split the group."""
+    from fashionlab import seeds
+    from fashionlab.errors import UserError
+
+    given = [name for name, key in FLAGS.items() if getattr(args, name) is not None]
+    if given or args.overrides or args.seeds or args.distributed:
+        raise UserError("--resume GROUP finishes the seeds with the config they began with: "
+                        "drop other options")
+    group = seeds.resume_group(args.resume, quiet=args.quiet, force=args.force)
+    print(f"group: {group}")
+    print(seeds.format_group(group))
     return 0
 
 
