@@ -260,6 +260,9 @@ def recipe_names() -> list[str]:
 def read_source(source: str) -> tuple[dict, str]:
     """A recipe name or a TOML file path -> (its parsed document, where it came from)."""
     path = Path(source)
+    if (path / "run.json").is_file():
+        raise SpecError(f"{path} is a run folder: train its config as {path / 'config.toml'}, "
+                        f"or continue it with --resume {path}")
     if path.suffix == ".toml" or path.exists():
         try:
             doc = parse_toml(path.read_text(encoding="utf-8"), str(path))
@@ -320,6 +323,10 @@ def resolve(source: str | dict | None, flags: dict | None = None,
         config = merge(config, doc, origin)
     for dotted, value in (flags or {}).items():
         if value is not None:
+            if dotted.count(".") != 1:
+                home = _home(dotted)
+                raise SpecError(f"flag {dotted!r}: name it section.key"
+                                + (f" ({home!r})" if home else ""))
             section, key = dotted.split(".")
             config = merge(config, {section: {key: value}}, f"--{key.replace('_', '-')}")
             _drop_from_bf16(config, [section, key])

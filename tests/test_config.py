@@ -75,6 +75,12 @@ def test_bad_overrides(tiny_config, override, message):
         config.resolve(tiny_config, overrides=[override])
 
 
+def test_python_flags_need_section_and_key(tiny_config):
+    with pytest.raises(SpecError,
+                       match=r"^flag 'epochs': name it section\.key \('train\.epochs'\)$"):
+        config.resolve(tiny_config, flags={"epochs": 1})
+
+
 def test_a_key_outside_its_section_is_pointed_home(tiny_config):
     with pytest.raises(SpecError, match=r"^spec: epochs belongs in a section: train.epochs = 3, "
                        r"or under \[train\]$"):

@@ -100,3 +100,15 @@ def test_divergence_stops_every_rank(tiny_data, tmp_path):
     (folder,) = (tmp_path / "two").iterdir()
     info = json.loads((folder / "run.json").read_text())
     assert info["state"] == "diverged" and "diverged" in info["reason"]
+
+
+def test_torchrun_without_distributed_is_refused(monkeypatch, capsys):
+    """Two processes each training the whole model alone, into two run folders, is never
+    what `torchrun ... train` meant."""
+    from fashionlab.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "quick-fc"]) == 2
+    assert capsys.readouterr().err == (
+        "fashionlab: error: started as one of 2 processes (torchrun) without --distributed: "
+        "each would train the whole model alone; add --distributed\n")

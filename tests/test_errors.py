@@ -220,6 +220,8 @@ CASES = [
      r"never reach its peak$"),
     ("unknown dataset", lambda t: spec(t, TINY, "--set", "data.dataset=cifar"),
      r"data\.dataset must be one of fashion-mnist, any, got 'cifar'"),
+    ("a run folder given as a spec", lambda t: ["train", str(fake_run(t, "finished"))],
+     r"is a run folder: train its config as .*/config\.toml, or continue it with --resume "),
     ("resume with a recipe", lambda t: ["train", "quick-fc", "--resume", str(t)],
      r"--resume continues a run with its saved config: drop RECIPE\|FILE"),
     # -- resources ----------------------------------------------------------------------------

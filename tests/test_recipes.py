@@ -235,3 +235,17 @@ def test_reproduce_resume_goes_on_from_a_stopped_run(tiny_data: Path, tmp_path: 
     assert other_seed.runs[0] != stopped  # a different config is never picked up
     fresh = reproduce.run_recipe("weil-fc", max_epochs=2, overrides=options, **kw)
     assert fresh.runs[0] not in (stopped, other_seed.runs[0])  # without resume: a new run
+
+
+def test_ctrl_c_in_reproduce_says_how_to_resume_the_table(tmp_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "reproduce", stopped)
+    out, table = tmp_path / "runs", tmp_path / "t.md"
+    assert main(["reproduce", "weil", "--max-epochs", "1", "--out", str(out), "-o",
+                 str(table)]) == 130
+    assert capsys.readouterr().err == (
+        f"fashionlab: interrupted; resume with: fashionlab reproduce weil --max-epochs 1 --out "
+        f"{out} -o {table} --resume\n")

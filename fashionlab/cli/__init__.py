@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:  # exit 130 (SIGINT) or 143 (SIGTERM), as shells report
         run_dir = getattr(e, "run_dir", None)
-        resume = f"; resume with: fashionlab train --resume {run_dir}" if run_dir else ""
+        command = getattr(e, "resume_command", None) or (
+            f"fashionlab train --resume {run_dir}" if run_dir else None)
+        resume = f"; resume with: {command}" if command else ""
         print(f"fashionlab: {str(e) or 'interrupted'}{resume}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
     except BrokenPipeError:  # `fashionlab ... | head` closed our output: not an error

@@ -48,9 +48,16 @@ def run(args: argparse.Namespace) -> int:
             reproduce.write_markdown(args.output, reproduce.markdown(rows, title, command,
                                                                      args.seeds))
 
-    rows = reproduce.reproduce(args.report, args.seeds, args.max_epochs, args.overrides,
-                               args.out, args.data_dir, args.quiet, on_row=save,
-                               resume=args.resume, force=args.force)
+    try:
+        rows = reproduce.reproduce(args.report, args.seeds, args.max_epochs, args.overrides,
+                                   args.out, args.data_dir, args.quiet, on_row=save,
+                                   resume=args.resume, force=args.force)
+    except KeyboardInterrupt as e:  # the table is reproduce's: it resumes the stopped run too
+        where = [*(["--out", args.out] if args.out else []),
+                 *(["--data-dir", args.data_dir] if args.data_dir else []),
+                 *(["-o", args.output] if args.output else [])]
+        e.resume_command = "fashionlab " + shlex.join([*argv(args), *where, "--resume"])
+        raise
     text = reproduce.markdown(rows, title, command, args.seeds)  # once: it reads the load
     if args.output:
         reproduce.write_markdown(args.output, text)  # the file is exactly what is printed

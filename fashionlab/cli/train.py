@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
                         "(options and --set still apply, with --force)")
     if args.device:  # the env var carries the choice to every part, and to torchrun's ranks
         os.environ["FASHIONLAB_DEVICE"] = args.device
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.distributed:
+        raise UserError(f"started as one of {world} processes (torchrun) without --distributed: "
+                        "each would train the whole model alone; add --distributed")
     if args.resume is not None and (Path(args.resume) / "group.json").is_file():
         return _resume_group(args)
     finished = args.resume is not None and load_run(args.resume, require_finished=False).finished
