@@ -85,9 +85,10 @@ def compare(items: list[runs.Run | str | Path]) -> Comparison:
                 result.pairs.append((i, j, stats.mcnemar(a.correct, b.correct)))
             else:
                 result.unpaired.append((i, j))
-    by_group: dict[str, list[int]] = {}
-    for i, e in enumerate(es):
-        by_group.setdefault(e.group, []).append(i)
+    by_group: dict[tuple, list[int]] = {}
+    for i, e in enumerate(es):  # one recipe's seeds, scored on the same test images
+        test_set = None if e.labels is None else (len(e.labels), e.labels.tobytes())
+        by_group.setdefault((e.group, test_set), []).append(i)
     for members in by_group.values():
         seeds = {es[i].seed for i in members}
         if len(members) > 1 and len(seeds) == len(members):

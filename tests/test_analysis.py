@@ -96,6 +96,17 @@ def test_compare_pairs_and_seed_group(tiny, tmp_path):
     assert compare.overlay(c, tmp_path / "curves.svg").stat().st_size > 1000
 
 
+def test_seeds_scored_on_other_test_images_are_not_a_seed_group(tiny, tmp_path):
+    """Two seeds of one config, one scored on other test images (say, a subset): neither a
+    McNemar pair nor a mean over seeds."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny["seed2"], other)
+    probs, labels = fashionlab.load_run(other).predictions()
+    runs.save_predictions(other, probs[:-1], labels[:-1])
+    c = fashionlab.compare([tiny["seed1"], other])
+    assert c.unpaired == [(0, 1)] and not c.pairs and not c.groups
+
+
 def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(tiny["seed1"], broken)
