@@ -122,6 +122,10 @@ def _comparison_section(c: compare.Comparison) -> str:
                 "would. p &lt; 0.05 marks a real difference")
         out += (f"; with {len(c.pairs)} tests, p &lt; {0.05 / len(c.pairs):.2g} keeps the "
                 "family-wise error at 5% (Bonferroni).</p>" if len(c.pairs) > 1 else ".</p>")
+    if c.unpaired:
+        pairs = ", ".join(f"#{i + 1} vs #{j + 1}" for i, j in c.unpaired)
+        out += (f'<p class="note">Not tested: {pairs} (scored on different test images, or a '
+                "run without saved predictions); the data section describes run #1's data.</p>")
     for model, members, mean, std in c.groups:
         out += (f"<p><b>{html.escape(model)}</b> over {len(members)} seeds: test accuracy "
                 f"{mean:.4f} ± {std:.4f} (mean ± sample std).</p>")

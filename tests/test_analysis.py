@@ -15,7 +15,7 @@ from conftest import TINY_CONFIG, write_idx_set
 from PIL import Image
 
 import fashionlab
-from fashionlab import compare, plots, runs, stats
+from fashionlab import compare, plots, report, runs, stats
 from fashionlab.baselines import run_baseline
 from fashionlab.cli import main
 from fashionlab.errors import RunError
@@ -105,6 +105,9 @@ def test_seeds_scored_on_other_test_images_are_not_a_seed_group(tiny, tmp_path):
     runs.save_predictions(other, probs[:-1], labels[:-1])
     c = fashionlab.compare([tiny["seed1"], other])
     assert c.unpaired == [(0, 1)] and not c.pairs and not c.groups
+    html = report.build([tiny["seed1"], other], data_dir=tiny["data"])
+    assert "Not tested: #1 vs #2 (scored on different test images" in html
+    assert "over 2 seeds" not in html
 
 
 def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):
