@@ -249,11 +249,12 @@ def plot_run(run: runs.Run | str | Path, data_dir: str | Path | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     done = Plotted()
     name = run.config.get("model", {}).get("name") or run.name
+    kind = "a scikit-learn baseline" if run.info.get("engine") == "scikit-learn" else None
     if run.history:
         done.files += save(curves_figure(run.history, f"{name}: training vs validation"),
                            folder / "curves", formats)
     else:
-        done.notes.append("no per-epoch history (a baseline run?): curves skipped")
+        done.notes.append(f"no per-epoch history ({kind or 'none recorded'}): curves skipped")
     probs, labels = run.predictions()
     try:
         ds = data.of_run(run.info, run.config, data_dir)
@@ -279,7 +280,8 @@ def plot_run(run: runs.Run | str | Path, data_dir: str | Path | None = None,
     else:
         done.notes.append("the loaded test set differs from the run's: mistake gallery skipped")
     if not (run.path / "model.safetensors").exists():
-        done.notes.append("no model weights (a baseline run?): train-set confusion skipped")
+        done.notes.append(f"no model weights ({kind or 'none saved'}): train-set confusion "
+                          "skipped")
     else:
         train_cm = train_confusion(run, ds)
         done.files += save(confusion_figure(train_cm, classes, f"{name}: train confusion"),

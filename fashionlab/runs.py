@@ -173,10 +173,17 @@ def create(name: str, out: str | Path | None = None) -> Path:
     raise UserError(f"cannot find a free run folder name under {base}")
 
 
+def command_line() -> str:
+    """The command as typed: `python -m fashionlab ...` is recorded as `fashionlab ...`."""
+    program = Path(sys.argv[0]).name
+    program = "fashionlab" if program in ("__main__.py", "fashionlab") else program
+    return " ".join([program, *sys.argv[1:]])
+
+
 def start(path: Path, config_toml: str, info: dict[str, Any]) -> None:
     write_text(path / "config.toml", config_toml)
     info = {"state": "running", "reason": "", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": command_line(),
             "code_version": code_version(), "python": platform.python_version(),
             "host": platform.node(), **info}
     write_json(path / "run.json", info)
