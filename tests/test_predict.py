@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import needs_real_data
 from PIL import Image
 
@@ -188,3 +189,22 @@ def test_real_photo_like_images_match_test_accuracy(real_run, tmp_path, capsys):
                  == ds.test_y[pick]).mean()
     assert plain_acc > 0.7
     assert photo_acc > plain_acc - 0.08, (photo_acc, plain_acc)
+
+
+def test_a_run_is_scored_in_the_precision_it_trained_in(tiny_run, monkeypatch):
+    """evaluate, predict and serve give the run's metrics.json figure: its own precision, where
+    this machine does it natively; never the one `auto` would pick for training here."""
+    from fashionlab import hardware, inference, runs
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert inference.scoring_precision("fp32", cpu, 10**9) == "fp32"  # auto would say bf16
+    assert inference.scoring_precision("bf16", cpu, 0) == "bf16"  # auto would say fp32
+    runs.update_info(tiny_run, precision="bf16")
+    try:
+        assert inference.load_trained(tiny_run).precision == "bf16"
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+        assert inference.scoring_precision("bf16", cpu, 10**9) == "auto"  # emulated: slow
+        assert inference.load_trained(tiny_run).precision == "fp32"
+    finally:
+        runs.update_info(tiny_run, precision="fp32")
