@@ -336,7 +336,20 @@ def resolve(source: str | dict | None, flags: dict | None = None,
         _drop_from_bf16(config, path)
     if not config["model"]["layers"]:
         raise SpecError("the config has no [model] layers")
+    _check_optimizer(config["train"])
     return config
+
+
+def _check_optimizer(train: dict) -> None:
+    """Keys an optimizer has no use for are refused, not recorded and silently ignored."""
+    name = train["optimizer"]
+    if train["momentum"] and name in ("adam", "adamw"):
+        raise SpecError(f"train.momentum does nothing for {name} (its betas play that part): "
+                        "it applies to sgd and rmsprop")
+    if train["nesterov"] and name != "sgd":
+        raise SpecError(f"train.nesterov applies to sgd only, not {name}")
+    if train["nesterov"] and not train["momentum"]:
+        raise SpecError("train.nesterov needs train.momentum above 0")
 
 
 def learning_rate(train: dict) -> float:

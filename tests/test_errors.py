@@ -193,6 +193,13 @@ CASES = [
     ("a choice given as another type", lambda t: spec(t, TINY, "--set",
                                                       "train.channels_last=false"),
      r"train\.channels_last must be a string \(auto, on, off\), got False$"),
+    ("an optimizer key the optimizer ignores", lambda t: spec(t, TINY, "--set",
+                                                              "train.momentum=0.9"),
+     r"train\.momentum does nothing for adam \(its betas play that part\): it applies to sgd "
+     r"and rmsprop$"),
+    ("Nesterov without momentum", lambda t: spec(t, TINY, "--optimizer", "sgd", "--set",
+                                                 "train.nesterov=true"),
+     r"train\.nesterov needs train\.momentum above 0$"),
     ("infinite lr", lambda t: spec(t, TINY, "--set", "train.lr=inf"),
      r"train\.lr must be a finite number, got inf"),
     ("--set without =", lambda t: spec(t, TINY, "--set", "train.lr"),
