@@ -336,12 +336,12 @@ def resolve(source: str | dict | None, flags: dict | None = None,
         _drop_from_bf16(config, path)
     if not config["model"]["layers"]:
         raise SpecError("the config has no [model] layers")
-    _check_optimizer(config["train"])
     return config
 
 
-def _check_optimizer(train: dict) -> None:
-    """Keys an optimizer has no use for are refused, not recorded and silently ignored."""
+def check_optimizer(train: dict) -> None:
+    """Keys an optimizer has no use for are refused, not recorded and silently ignored; a
+    config about to train is checked (a finished run's saved config still loads)."""
     name = train["optimizer"]
     if train["momentum"] and name in ("adam", "adamw"):
         raise SpecError(f"train.momentum does nothing for {name} (its betas play that part): "

@@ -142,6 +142,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     else:
         config = cfg.resolve(source, flags, overrides)
     train_cfg = config["train"]
+    cfg.check_optimizer(train_cfg)
     if train_cfg["engine"] == "numpy":
         from fashionlab import numpy_engine
 

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_builds(resolved: dict) -> None:
     """Build the model as `train` would, so that a bad layer is an error here too."""
+    from fashionlab import config
+
+    config.check_optimizer(resolved["train"])
     if resolved["train"]["engine"] == "numpy":
         import numpy as np
 
