@@ -60,7 +60,9 @@ def best_epoch(history: list[dict]) -> int | None:
     return int(max(rows, key=lambda r: r["val_accuracy"])["epoch"]) if rows else None
 
 
-def curves_figure(history: list[dict], title: str = "") -> plt.Figure:
+def curves_figure(history: list[dict], title: str = "", best: int | None = None) -> plt.Figure:
+    """Accuracy and loss per epoch; `best` is the run's own best epoch (by its train.monitor,
+    metrics.json), else the one with the highest validation accuracy."""
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     epochs = [r["epoch"] for r in history]
     style = {"marker": "o", "markersize": 3}
@@ -72,7 +74,7 @@ def curves_figure(history: list[dict], title: str = "") -> plt.Figure:
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    best, onset = best_epoch(history), overfitting_onset(history)
+    best, onset = best or best_epoch(history), overfitting_onset(history)
     for ax in (acc, loss):
         if best is not None:
             ax.axvline(best, color=BEST, linestyle=":", label=f"best epoch ({best})")
@@ -251,7 +253,8 @@ def plot_run(run: runs.Run | str | Path, data_dir: str | Path | None = None,
     name = run.config.get("model", {}).get("name") or run.name
     kind = "a scikit-learn baseline" if run.info.get("engine") == "scikit-learn" else None
     if run.history:
-        done.files += save(curves_figure(run.history, f"{name}: training vs validation"),
+        done.files += save(curves_figure(run.history, f"{name}: training vs validation",
+                                         run.metrics.get("best_epoch") or None),
                            folder / "curves", formats)
     else:
         done.notes.append(f"no per-epoch history ({kind or 'none recorded'}): curves skipped")

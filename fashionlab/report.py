@@ -164,13 +164,17 @@ def _run_section(i: int, e: compare.Entry, ds: data.DataSet | None) -> str:
            "<h3>Command</h3>", f'<code class="cmd">{html.escape(info.get("command", "?"))}</code>',
            "<h3>Model</h3>", _model_text(run)]
     if run.history:
-        best, onset = plots.best_epoch(run.history), plots.overfitting_onset(run.history)
-        caption = f"Best validation accuracy at epoch {best}. " if best else ""
+        best = run.metrics.get("best_epoch") or plots.best_epoch(run.history)
+        onset = plots.overfitting_onset(run.history)
+        monitor = run.config.get("train", {}).get("monitor", "val_accuracy")
+        caption = (f"Best epoch by {monitor.replace('val_', 'validation ')}: {best}. "
+                   if best else "")
         caption += (f"Overfitting from epoch {onset}: validation loss rises from there while "
                     "training loss keeps falling." if onset else "No sign of overfitting by "
                     "the rule (validation loss minimum followed by 2+ epochs of rise).")
         out += ["<h3>Training curves</h3>",
-                _img(plots.curves_figure(run.history, e.model), "training curves", caption)]
+                _img(plots.curves_figure(run.history, e.model, best), "training curves",
+                     caption)]
     probs, labels = run.predictions()
     predicted = probs.argmax(1)
     classes = ds.classes if ds is not None else tuple(str(k) for k in range(probs.shape[1]))

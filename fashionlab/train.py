@@ -462,6 +462,8 @@ def _finish(net: models.Net, module: torch.nn.Module, config: dict, t: Tensors, 
     runs.save_predictions(run_dir, models.probabilities(z).cpu().numpy(),
                           t.y_test.cpu().numpy())
     last = loop.history[-1] if loop.history else {}
+    if loop.best_weights is not None and config["train"]["restore_best"]:
+        last = loop.history[loop.best_epoch - 1]  # the epoch whose weights were kept
     runs.write_json(run_dir / "metrics.json", {
         "test_accuracy": test_acc, "test_loss": test_loss, "epochs_run": loop.epoch,
         "train_seconds": loop.seconds,

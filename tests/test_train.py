@@ -118,7 +118,10 @@ def test_early_stopping_run_restores_best(tiny_data, tiny_config, tmp_path):
     run = runs.load_run(path)
     best = min(r["val_loss"] for r in run.history)
     assert run.metrics["epochs_run"] <= 30
-    assert run.history[run.metrics["best_epoch"] - 1]["val_loss"] == best
+    kept = run.history[run.metrics["best_epoch"] - 1]
+    assert kept["val_loss"] == best
+    assert run.metrics["epochs_run"] > run.metrics["best_epoch"]  # it did stop after the best
+    assert run.metrics["val_accuracy"] == kept["val_accuracy"]  # the kept epoch's, not the last
 
 
 @pytest.mark.parametrize("schedule, steps, expected", [
