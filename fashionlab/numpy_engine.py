@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from fashionlab import config as cfg
-from fashionlab import data, hardware, numpy_net, runs
+from fashionlab import data, hardware, numpy_net, runs, signals
 from fashionlab.errors import DivergedError, SpecError, UserError
 from fashionlab.numpy_net import Net
 
@@ -110,21 +110,20 @@ def train(config: dict, data_dir: str | None = None, out: str | None = None,
         run_dir = Path(resume)
         loop = _load_checkpoint(run_dir, net, velocity, rngs) or loop
         runs.set_state(run_dir, "running", "resumed")
-    try:
+    def fit(interrupt: signals.Flag) -> None:
         # overflow warnings are noise: a non-finite loss is caught and reported in one line
         with threadpool_limits(_blas_threads(), user_api="blas"), np.errstate(
                 over="ignore", invalid="ignore"):
             _fit(net, config, ds, train_idx, val_idx, velocity, rngs, loop, run_dir, quiet,
-                 hooks)
-    except BaseException as e:
-        runs.record_end(run_dir, e)
-        raise
+                 hooks, interrupt)
+
+    signals.guarded(run_dir, fit)
     return run_dir
 
 
 def _fit(net: Net, config: dict, ds: data.DataSet, train_idx: np.ndarray, val_idx: np.ndarray,
          velocity: dict, rngs: dict, loop: dict, run_dir: Path, quiet: bool,
-         hooks: list) -> None:
+         hooks: list, interrupt: signals.Flag) -> None:
     t, lr = config["train"], cfg.learning_rate(config["train"])
     a, b = data.normalizer(config["data"]["normalize"])
     x_all = ds.train_x[train_idx].reshape(len(train_idx), -1).astype(np.float32) * a + b
@@ -137,6 +136,8 @@ def _fit(net: Net, config: dict, ds: data.DataSet, train_idx: np.ndarray, val_id
         perm = rngs["order"].permutation(n)
         for step in tqdm(range(steps), desc=f"epoch {epoch}/{t['epochs']}", disable=not show,
                          leave=False, unit="step"):
+            if interrupt.signum is not None:  # drop the partial epoch; the last one is saved
+                raise interrupt.error(f"during epoch {epoch} (last saved: epoch {loop['epoch']})")
             idx = perm[step * batch:(step + 1) * batch]
             z, tape = numpy_net.forward(net, x_all[idx], rngs["dropout"])
             loss, dz = numpy_net.cross_entropy(z, y_all[idx], t["label_smoothing"])

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -62,3 +63,23 @@ def graceful() -> Iterator[Flag]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def guarded(run_dir: Path, fit: Callable[[Flag], None]) -> None:
+    """Run an engine's training loop with signals caught; record how it ended in run.json
+    (interrupted, diverged, failed) and name the run on an interrupt so the CLI can say how to
+    resume it. Both engines train through this."""
+    from fashionlab import runs
+
+    try:
+        with graceful() as interrupt:
+            fit(interrupt)
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):
+            e = Interrupted(signal.SIGINT, "interrupted by the user")
+        runs.record_end(run_dir, e)
+        e.run_dir = run_dir
+        raise e from None
+    except BaseException as e:
+        runs.record_end(run_dir, e)
+        raise

@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -199,19 +198,9 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
                      "verified": ds.verified}})
     else:
         runs.update_info(run_dir, state="running", reason="resumed", pid=os.getpid())
-    try:
-        with signals.graceful() as interrupt:
-            _fit(net, config, tensors, run_dir, dev, precision, channels_last, quiet, hooks,
-                 resume is not None, interrupt)
-    except KeyboardInterrupt as e:
-        if not isinstance(e, signals.Interrupted):
-            e = signals.Interrupted(signal.SIGINT, "interrupted by the user")
-        runs.record_end(run_dir, e)
-        e.run_dir = run_dir
-        raise e from None
-    except BaseException as e:
-        runs.record_end(run_dir, e)
-        raise
+    signals.guarded(run_dir, lambda interrupt: _fit(
+        net, config, tensors, run_dir, dev, precision, channels_last, quiet, hooks,
+        resume is not None, interrupt))
     return run_dir
 
 

@@ -390,3 +390,26 @@ def test_a_stopped_seed_group_resumes(tiny_config, tiny_data, tmp_path, capsys, 
     resumed = group / summary["runs"][1]["path"]
     assert resumed.name in stopped
     assert_same_weights(resumed, alone)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_numpy_engine_the_same_way(setup, tmp_path):
+    """The hand-written engine keeps the same promise: a clean stop at a step, the state and
+    the reason in run.json, exit 143 and the command that resumes it."""
+    spec = tmp_path / "numpy.toml"
+    spec.write_text(cfg.dumps({
+        "model": {"name": "np", "layers": [
+            {"type": "flatten"}, {"type": "dense", "units": 32, "activation": "relu"},
+            {"type": "dense", "units": 10, "activation": "softmax"}]},
+        "data": {"dataset": "any", "val": "first:100"},
+        "train": {"engine": "numpy", "optimizer": "sgd", "epochs": 500, "batch_size": 16}}))
+    out = tmp_path / "runs"
+    proc = fashionlab("train", spec, "--out", out, "--data-dir", setup["data"], "-q")
+    run = wait_for_first_epoch(out, proc)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    info = runs.read_info(run)
+    assert info["state"] == "interrupted"
+    assert info["reason"].startswith("interrupted by SIGTERM during epoch ")
+    assert stderr.endswith(f"; resume with: fashionlab train --resume {run}\n")
