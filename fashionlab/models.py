@@ -96,6 +96,37 @@ class Net:
         return sum(r.flops for r in self.rows if r.name.endswith(": conv2d"))
 
 
+class AvgPoolSame(nn.Module):
+    """Keras's padding "same" average pool: zero padding split as TF splits it (the smaller
+    half before), each window averaged over its real pixels only."""
+
+    def __init__(self, pads: tuple[int, int, int, int], pool: tuple[int, int],
+                 size: tuple[int, int]):
+        super().__init__()
+        self.pads, self.pool = pads, pool
+        ones = torch.ones(1, 1, *size)
+        self.register_buffer("count", F.avg_pool2d(F.pad(ones, pads), pool), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, self.pads), self.pool) / self.count.to(x.dtype)
+
+
+def _same_pool(kind: str, pool: tuple[int, int], size: tuple[int, int],
+               out: tuple[int, int]) -> list[nn.Module]:
+    """Pooling with strides == pool and padding "same", padded where TF pads: total
+    out * pool - size per axis, the smaller half before. With 0 or 1 pixel to pad (pool 2,
+    every shipped recipe) that is all after, which torch's ceil_mode does without a copy."""
+    totals = [o * k - n for o, k, n in zip(out, pool, size, strict=True)]
+    (top, bottom), (left, right) = [(t // 2, t - t // 2) for t in totals]
+    if top == left == 0:  # windows past the edge count only real pixels, as in Keras
+        return [nn.MaxPool2d(pool, ceil_mode=True) if kind == "maxpool"
+                else nn.AvgPool2d(pool, ceil_mode=True)]
+    pads = (left, right, top, bottom)
+    if kind == "maxpool":
+        return [nn.ConstantPad2d(pads, -math.inf), nn.MaxPool2d(pool)]
+    return [AvgPoolSame(pads, pool, size)]
+
+
 def _pair(value: Any, where: str, key: str) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value, value
@@ -278,9 +309,10 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
             out = (c, (h - ph) // sh + 1, (w - pw) // sw + 1)
         else:
             raise SpecError(f"{where}: padding must be 'valid' or 'same'")
-        ceil = p["padding"] == "same"  # windows past the edge count only real pixels, as Keras
-        pool = (nn.MaxPool2d((ph, pw), (sh, sw), ceil_mode=ceil) if kind == "maxpool"
-                else nn.AvgPool2d((ph, pw), (sh, sw), ceil_mode=ceil))
+        if p["padding"] == "same":
+            return _same_pool(kind, (ph, pw), (h, w), out[1:]), out, 0
+        pool = (nn.MaxPool2d((ph, pw), (sh, sw)) if kind == "maxpool"
+                else nn.AvgPool2d((ph, pw), (sh, sw)))
         return [pool], out, 0
     if kind == "global_avgpool":
         return [nn.AdaptiveAvgPool2d(1), Flatten()], (shape[0],), 0

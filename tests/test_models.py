@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -257,3 +258,34 @@ def test_flatten_hands_back_the_gradient_in_its_input_layout(channels_last):
     assert torch.equal(grads["ours"], grads["torch"])
     assert grads["ours"].is_contiguous(memory_format=fmt)
     assert grads["torch"].is_contiguous()  # what made the layer before it slow
+
+
+def _tf_same_pool(x: np.ndarray, k: int, kind: str) -> np.ndarray:
+    """TensorFlow's padding "same" pooling with strides == pool, written out: total padding
+    out * k - n per axis, the smaller half before; windows see only real pixels."""
+    n, m = x.shape[-2:]
+    oh, ow = -(-n // k), -(-m // k)
+    top, left = (oh * k - n) // 2, (ow * k - m) // 2
+    out = np.empty(x.shape[:-2] + (oh, ow), x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = max(i * k - top, 0), max(j * k - left, 0)
+            win = x[..., r0:i * k - top + k, c0:j * k - left + k]
+            out[..., i, j] = win.max((-2, -1)) if kind == "maxpool" else win.mean((-2, -1))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+@pytest.mark.parametrize("size, pool", [(28, 3), (14, 4), (7, 3), (13, 5), (7, 2), (28, 2)])
+def test_same_pooling_pads_where_keras_pads(kind, size, pool):
+    torch.manual_seed(0)
+    layers = [{"type": "conv2d", "filters": 2, "kernel": 1}, {"type": kind, "pool": pool,
+                                                               "padding": "same"}]
+    net = models.build([*layers, {"type": "flatten"}, {"type": "dense", "units": 10}],
+                       input_shape=(1, size, size))
+    x = torch.randn(3, 1, size, size)
+    features = net.module[0](x)
+    pooled = net.module[1](features)
+    expected = _tf_same_pool(features.detach().numpy(), pool, kind)
+    assert pooled.shape[-2:] == expected.shape[-2:]
+    np.testing.assert_allclose(pooled.detach().numpy(), expected, rtol=1e-6, atol=1e-6)
