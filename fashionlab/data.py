@@ -285,10 +285,11 @@ def split(n: int, val: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         number = -1.0
     if kind == "first" and number == int(number) and 0 < number < n:
         return idx[int(number):], idx[:int(number)]
-    if kind in ("last", "fraction") and 0 < number < 1:
+    if kind == "last" and 0 < number < 1:
+        split_at = math.floor(n * (1.0 - number))  # Keras's own arithmetic, float error and all
+        return idx[:split_at], idx[split_at:]  # (60000 at 0.33: 40199 + 19801)
+    if kind == "fraction" and 0 < number < 1:
         k = int(round(n * number))
-        if kind == "last":
-            return idx[: n - k], idx[n - k:]
         perm = np.random.default_rng(seed).permutation(n)
         return np.sort(perm[k:]), np.sort(perm[:k])
     raise DataError(f"bad validation split {val!r}: use first:N (0<N<{n}), last:F or "

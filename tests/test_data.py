@@ -164,6 +164,15 @@ def test_split_deterministic_kinds(spec, n_train, first_val):
     assert (val[0] if len(val) else None) == first_val
 
 
+@pytest.mark.parametrize("n, fraction, n_train", [
+    (60000, 0.33, 40199), (60000, 0.2, 48000), (60000, 0.1, 54000), (1000, 0.3, 700)])
+def test_last_split_is_keras_validation_split(n, fraction, n_train):
+    """Keras's validation_split trains on floor(n * (1 - F)) images, float error included:
+    60000 at 0.33 trains on 40199 (1 - 0.33 is 0.66999...), not round(60000 * 0.67)."""
+    train, val = data.split(n, f"last:{fraction}")
+    assert len(train) == n_train == int(n * (1.0 - fraction)) and val[0] == n_train
+
+
 def test_fraction_split_is_seeded():
     a, va = data.split(1000, "fraction:0.2", seed=1)
     b, vb = data.split(1000, "fraction:0.2", seed=1)
