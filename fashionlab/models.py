@@ -407,6 +407,11 @@ def summary(net: Net) -> str:
                      f"{r.flops / 1e6:>10.2f}")
     lines += ["-" * 64,
               f"Total params: {net.params:,}   forward MFLOPs/image: {net.flops / 1e6:.2f}"]
+    running = sum(b.numel() for name, b in net.module.named_buffers()
+                  if name.endswith(("running_mean", "running_var")))
+    if running:  # Keras's "Total params" counts them too, as non-trainable
+        lines.append(f"(trainable; batch norm's running means and variances add {running:,} "
+                     f"non-trainable, {net.params + running:,} as Keras counts)")
     return "\n".join(lines)
 
 

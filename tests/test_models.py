@@ -155,6 +155,11 @@ def test_unit_norm_constraint_axes():
 def test_summary_lists_layers_and_total():
     text = models.summary(models.build([{"type": "flatten"}, *HEAD[1:]]))
     assert "0: flatten" in text and "(None, 784)" in text and "Total params: 7,850" in text
+    assert "non-trainable" not in text
+    text = models.summary(models.build([{"type": "flatten"}, {"type": "dense", "units": 16},
+                                        {"type": "batchnorm"}, {"type": "dense", "units": 10}]))
+    assert "Total params: 12,762" in text  # 784*16+16, 2*16 scale and shift, 16*10+10
+    assert "running means and variances add 32 non-trainable, 12,794 as Keras counts" in text
 
 
 @pytest.mark.parametrize("kernel,strides,separate_pad", [(3, 1, False), (5, 1, False),
