@@ -19,6 +19,7 @@ the sample standard deviation (n - 1), 0 for one run.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -78,8 +79,6 @@ def resume_group(group: str | Path, quiet: bool = False, force: bool = False) ->
 
 
 def read_group(group: Path) -> dict:
-    import json
-
     try:
         return json.loads((group / "group.json").read_text())
     except (OSError, ValueError) as e:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashionlab import runs
+
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -69,8 +71,6 @@ def guarded(run_dir: Path, fit: Callable[[Flag], None]) -> None:
     """Run an engine's training loop with signals caught; record how it ended in run.json
     (interrupted, diverged, failed) and name the run on an interrupt so the CLI can say how to
     resume it. Both engines train through this."""
-    from fashionlab import runs
-
     try:
         with graceful() as interrupt:
             fit(interrupt)
