@@ -229,6 +229,8 @@ CASES = [
      r"data\.dataset must be one of fashion-mnist, any, got 'cifar'"),
     ("a run folder given as a spec", lambda t: ["train", str(fake_run(t, "finished"))],
      r"is a run folder: train its config as .*/config\.toml, or continue it with --resume "),
+    ("--force without --resume", lambda t: spec(t, TINY, "--force"),
+     r"--force goes with --resume \(a new run has nothing to force\)$"),
     ("resume with a recipe", lambda t: ["train", "quick-fc", "--resume", str(t)],
      r"--resume continues a run with its saved config: drop RECIPE\|FILE"),
     # -- resources ----------------------------------------------------------------------------

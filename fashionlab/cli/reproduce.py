@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fashionlab import reproduce, runs
+    from fashionlab.errors import UserError
 
+    if args.force and not args.resume:
+        raise UserError("--force goes with --resume (a new run has nothing to force)")
     if args.output:  # before hours of training, not after the first recipe
         runs.output_file(args.output)
     command = "fashionlab " + shlex.join(argv(args))

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if source is not None and args.resume is not None:
         raise UserError("--resume continues a run with its saved config: drop RECIPE|FILE "
                         "(options and --set still apply, with --force)")
+    if args.force and args.resume is None:
+        raise UserError("--force goes with --resume (a new run has nothing to force)")
     if args.device:  # the env var carries the choice to every part, and to torchrun's ranks
         os.environ["FASHIONLAB_DEVICE"] = args.device
     world = int(os.environ.get("WORLD_SIZE", "1"))
