@@ -121,7 +121,7 @@ def format_comparison(c: Comparison) -> str:
         for i, j, t in c.pairs:
             verdict = "differ (p < 0.05)" if t.p_value < 0.05 else "no significant difference"
             lines.append(f"  #{i + 1} vs #{j + 1}:  b = {t.only_a:<5} c = {t.only_b:<5} "
-                         f"p = {t.p_value:<9.3g} {verdict}")
+                         f"p = {t.p_text:<9} {verdict}")
         if len(c.pairs) > 1:
             lines.append(f"  ({len(c.pairs)} tests: for a 5% family-wise error rate use "
                          f"p < {0.05 / len(c.pairs):.2g}, Bonferroni)")

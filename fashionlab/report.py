@@ -113,7 +113,7 @@ def _comparison_section(c: compare.Comparison) -> str:
                        else '<span class="ns">no significant difference</span>')
             prow.append([f"#{i + 1} {html.escape(a.model)} vs #{j + 1} {html.escape(b.model)}",
                          f"{a.accuracy - b.accuracy:+.4f}", f"{t.only_a:,}", f"{t.only_b:,}",
-                         f"{t.p_value:.3g}", verdict])
+                         html.escape(t.p_text), verdict])
         out += "<h3>Is the difference real? Exact McNemar tests</h3>"
         out += _table(["pair", "accuracy difference", "only first right",
                        "only second right", "p-value", "at 5%"], prow)

@@ -24,6 +24,11 @@ class McNemar:
     only_b: int
     p_value: float
 
+    @property
+    def p_text(self) -> str:
+        """The p-value as printed: below float's range it is "< 1e-300", not a false 0."""
+        return "< 1e-300" if self.p_value == 0 else f"{self.p_value:.3g}"
+
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
     """Exact two-sided McNemar test on per-image correctness of two models.

@@ -34,6 +34,13 @@ def test_mcnemar_edge_cases():
         stats.mcnemar(np.ones(3, bool), np.ones(4, bool))
 
 
+
+def test_a_p_value_below_floats_range_is_not_printed_as_zero():
+    far = stats.mcnemar(*correctness(0, 2000, 0, 0))  # 2000 discordant pairs, all one way
+    assert far.p_value == 0.0 and far.p_text == "< 1e-300"
+    assert stats.mcnemar(*correctness(50, 12, 3, 35)).p_text == "0.0352"
+
+
 @pytest.mark.parametrize("table", [(50, 12, 3, 35), (9000, 40, 61, 899), (8700, 310, 490, 500),
                                    (1, 1, 0, 0), (0, 7, 9, 3)])
 def test_mcnemar_matches_statsmodels(table):
