@@ -127,17 +127,15 @@ def load_trained(path: str | Path, precision: str = "auto") -> Trained:
     if channels_last:
         net.module.to(memory_format=torch.channels_last)
     if precision == "auto":
-        precision = scoring_precision(run.info.get("precision"), device, net.conv_flops)
+        precision = scoring_precision(run.info.get("precision"), device)
     precision = hardware.resolve_precision(precision, device, net.conv_flops)
     return Trained(net, config, run, device, precision, channels_last)
 
 
-def scoring_precision(trained_in: str | None, device: torch.device, conv_flops: int) -> str:
+def scoring_precision(trained_in: str | None, device: torch.device) -> str:
     """'auto' for scoring a run: the precision it trained in, so that evaluate gives its
     metrics.json figure; bf16 only where this CPU (or a GPU) does it natively, since emulated
     bf16 is many times slower than fp32 (a few predictions may then move)."""
-    native = device.type == "cuda" or any(f in hardware.cpu_flags()
-                                           for f in hardware.FAST_BF16_FLAGS)
-    if trained_in == "fp32" or (trained_in == "bf16" and native):
+    if trained_in == "fp32" or (trained_in == "bf16" and hardware.native_bf16(device)):
         return trained_in
     return "auto"
