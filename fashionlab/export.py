@@ -24,6 +24,7 @@ from fashionlab.inference import Trained, averaged_logits, load_trained
 
 OPSET = 18
 FORMATS = ("onnx", "torchscript")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
 INPUT = "pixels"
 OUTPUTS = ("logits", "probabilities")
 
@@ -54,10 +55,25 @@ def metadata(trained: Trained) -> dict[str, str]:
     }
 
 
-def export(run: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
-    """Write the run's model to `out` as one self-contained file."""
-    if fmt not in FORMATS:
+def file_format(out: str | Path, fmt: str | None) -> str:
+    """The format a file's suffix names, which an explicit format may not contradict: an
+    app opening model.onnx would otherwise get a TorchScript zip."""
+    if fmt is not None and fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use {' or '.join(FORMATS)}")
+    suffix = Path(out).suffix.lower()
+    named = SUFFIXES.get(suffix)
+    if fmt is None and named is None:
+        raise UserError(f"{out}: name it .onnx or .pt, or give --format onnx|torchscript")
+    if fmt is not None and named not in (None, fmt):
+        raise UserError(f"{out}: a {suffix} file holds {named}, not {fmt}: rename it or "
+                        f"give --format {named}")
+    return fmt or named
+
+
+def export(run: str | Path, out: str | Path, fmt: str | None = None) -> Path:
+    """Write the run's model to `out` as one self-contained file, in `fmt` or the format
+    its suffix names."""
+    fmt = file_format(out, fmt)
     out = runs.output_file(out)
     trained = load_trained(run, precision="fp32")
     model = Pixels(trained).cpu().float().eval()

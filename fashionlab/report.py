@@ -92,6 +92,36 @@ def _data_section(ds: data.DataSet | None, note: str, source: str) -> str:
     return facts + per_class + grid
 
 
+def _datasets(entries: list[compare.Entry], data_dir: str | Path | None
+              ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], tuple]]:
+    """Each run's own data set, loaded once per folder: a report may compare runs trained on
+    different data, and each run's figures and class names must come from its own."""
+    keys, loaded = [], {}
+    for e in entries:
+        info, config = e.run.info, e.run.config
+        key = (str(data_dir or info.get("data", {}).get("path", "")),
+               config.get("data", {}).get("dataset", "fashion-mnist"))
+        if key not in loaded:
+            try:
+                loaded[key] = data.of_run(info, config, data_dir), ""
+            except UserError as err:
+                loaded[key] = None, f"Data not loadable ({err}); image figures are left out."
+        keys.append(key)
+    return keys, loaded
+
+
+def _data_sections(entries: list[compare.Entry], keys: list, loaded: dict) -> str:
+    out = []
+    for key, (ds, note) in loaded.items():
+        users = [i for i, k in enumerate(keys, 1) if k == key]
+        source = entries[users[0] - 1].run.info.get("data", {}).get("source", "")
+        if len(loaded) > 1:
+            out.append(f"<h3>Data of run{'s' * (len(users) > 1)} "
+                       f"{', '.join(f'#{i}' for i in users)}</h3>")
+        out.append(_data_section(ds, note, source))
+    return "".join(out)
+
+
 def _comparison_section(c: compare.Comparison) -> str:
     accs = [e.accuracy for e in c.entries]
     best = int(np.nanargmax(accs)) if not all(math.isnan(a) for a in accs) else -1
@@ -125,7 +155,7 @@ def _comparison_section(c: compare.Comparison) -> str:
     if c.unpaired:
         pairs = ", ".join(f"#{i + 1} vs #{j + 1}" for i, j in c.unpaired)
         out += (f'<p class="note">Not tested: {pairs} (scored on different test images, or a '
-                "run without saved predictions); the data section describes run #1's data.</p>")
+                "run without saved predictions).</p>")
     for model, members, mean, std in c.groups:
         out += (f"<p><b>{html.escape(model)}</b> over {len(members)} seeds: test accuracy "
                 f"{mean:.4f} ± {std:.4f} (mean ± sample std).</p>")
@@ -203,15 +233,12 @@ def build(items: list[runs.Run | str | Path], title: str = "Fashion-MNIST study"
     if not items:
         raise UserError("name at least one run folder")
     c = compare.compare(items)
-    try:
-        ds, note = data.of_run(c.entries[0].run.info, c.entries[0].run.config, data_dir), ""
-    except UserError as e:
-        ds, note = None, f"Data not loadable ({e}); image figures are left out."
+    keys, loaded = _datasets(c.entries, data_dir)
     toc = "".join(f'<li><a href="#run{i}">#{i} {html.escape(e.model)}</a></li>'
                   for i, e in enumerate(c.entries, 1))
-    body = "\n".join(_run_section(i, e, ds) for i, e in enumerate(c.entries, 1))
+    body = "\n".join(_run_section(i, e, loaded[k][0])
+                     for i, (e, k) in enumerate(zip(c.entries, keys, strict=True), 1))
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    source = c.entries[0].run.info.get("data", {}).get("source", "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -221,7 +248,7 @@ def build(items: list[runs.Run | str | Path], title: str = "Fashion-MNIST study"
 <p class="meta">{len(c.entries)} runs · generated {stamp} by fashionlab {__version__}</p>
 <nav><b>Contents</b><ol><li><a href="#data">Data</a></li>
 <li><a href="#comparison">Comparison</a></li>{toc}</ol></nav>
-<section id="data"><h2>1. Data</h2>{_data_section(ds, note, source)}</section>
+<section id="data"><h2>1. Data</h2>{_data_sections(c.entries, keys, loaded)}</section>
 <section id="comparison"><h2>2. Comparison</h2>{_comparison_section(c)}</section>
 {body}
 <p class="note">Intervals: Wilson score, 95%. McNemar: exact two-sided binomial test on the

@@ -110,6 +110,17 @@ def test_seeds_scored_on_other_test_images_are_not_a_seed_group(tiny, tmp_path):
     assert "over 2 seeds" not in html
 
 
+def test_report_describes_each_runs_own_data(tiny, tmp_path):
+    other = write_idx_set(tmp_path / "data", n_train=150, n_test=60)
+    run = fashionlab.train(copy.deepcopy(CONFIG), data_dir=str(other), out=str(tmp_path),
+                           quiet=True)
+    html = report.build([tiny["seed1"], tiny["seed2"], run])
+    assert "<h3>Data of runs #1, #2</h3>" in html and "<h3>Data of run #3</h3>" in html
+    assert "150 training, 60 test" in html and "200 training, 100 test" in html
+    assert html.count("Most confident mistakes") == 3  # each run's mistakes from its own images
+    assert "<h3>Data of" not in report.build([tiny["seed1"], tiny["seed2"]])
+
+
 def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(tiny["seed1"], broken)

@@ -177,6 +177,8 @@ CASES = [
     # -- options ------------------------------------------------------------------------------
     ("negative lr", lambda t: spec(t, TINY, "--lr", "-1"),
      r"train\.lr must not be negative, got -1\.0"),
+    ("zero lr", lambda t: spec(t, TINY, "--lr", "0"),
+     r"--lr 0 would never move the weights; leave --lr out for the optimizer's default"),
     ("zero batch size", lambda t: spec(t, TINY, "--batch-size", "0"),
      r"train\.batch_size must be positive, got 0"),
     ("zero epochs", lambda t: spec(t, TINY, "--epochs", "0"), r"train\.epochs must be positive"),

@@ -81,3 +81,19 @@ def test_torchscript_matches_pytorch(conv_run, tmp_path):
 def test_unknown_format_is_a_user_error(conv_run, tmp_path):
     with pytest.raises(UserError, match="unknown export format"):
         export(conv_run, tmp_path / "m.x", "tflite")
+
+
+def test_format_follows_the_suffix_and_may_not_contradict_it(conv_run, tmp_path, capsys):
+    assert main(["export", str(conv_run), "-o", str(tmp_path / "m.pt")]) == 0
+    assert "(torchscript, " in capsys.readouterr().out
+    torch.jit.load(str(tmp_path / "m.pt"))
+    assert main(["export", str(conv_run), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "(onnx, opset" in capsys.readouterr().out
+    assert main(["export", str(conv_run), "--format", "torchscript",
+                 "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "a .onnx file holds onnx, not torchscript" in capsys.readouterr().err
+    assert main(["export", str(conv_run), "-o", str(tmp_path / "model.bin")]) == 2
+    assert "name it .onnx or .pt" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "model.bin").exists()
+    assert main(["export", str(conv_run), "--format", "onnx",
+                 "-o", str(tmp_path / "model.bin")]) == 0

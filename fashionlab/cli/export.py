@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "pixels (N, 1, 28, 28) in 0..255 (normalisation is inside) and returns "
                        "logits and probabilities; the batch size is free.")
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"),
+                   help="default: from FILE's suffix, .onnx or .pt (.pth, .ts) for TorchScript")
     p.add_argument("-o", "--out", metavar="FILE", required=True, help="file to write")
     p.set_defaults(func=run)
 
@@ -19,9 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fashionlab import export
 
-    out = export.export(args.run, args.out, args.format)
-    extra = f", opset {export.OPSET}" if args.format == "onnx" else ""
-    print(f"wrote {out} ({args.format}{extra}, {out.stat().st_size / 1024:.0f} KiB)")
+    fmt = export.file_format(args.out, args.format)
+    out = export.export(args.run, args.out, fmt)
+    extra = f", opset {export.OPSET}" if fmt == "onnx" else ""
+    print(f"wrote {out} ({fmt}{extra}, {out.stat().st_size / 1024:.0f} KiB)")
     print(f"input:  {export.INPUT}  float32 (N, 1, 28, 28), pixels 0..255, light on black")
     print(f"output: {', '.join(export.OUTPUTS)}  float32 (N, 10)")
     return 0

@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if source is not None and args.resume is not None:
         raise UserError("--resume continues a run with its saved config: drop RECIPE|FILE "
                         "(options and --set still apply, with --force)")
+    if args.lr == 0:  # in a spec, lr = 0 stands for the default; typed here, it is a slip
+        raise UserError("--lr 0 would never move the weights; leave --lr out for the "
+                        "optimizer's default (sgd 0.01, else 0.001)")
     if args.force and args.resume is None:
         raise UserError("--force goes with --resume (a new run has nothing to force)")
     if args.device:  # the env var carries the choice to every part, and to torchrun's ranks
