@@ -73,8 +73,8 @@ def file_format(out: str | Path, fmt: str | None) -> str:
 def export(run: str | Path, out: str | Path, fmt: str | None = None) -> Path:
     """Write the run's model to `out` as one self-contained file, in `fmt` or the format
     its suffix names."""
-    fmt = file_format(out, fmt)
     out = runs.output_file(out)
+    fmt = file_format(out, fmt)
     trained = load_trained(run, precision="fp32")
     model = Pixels(trained).cpu().float().eval()
     try:

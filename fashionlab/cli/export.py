@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fashionlab import export
 
-    fmt = export.file_format(args.out, args.format)
-    out = export.export(args.run, args.out, fmt)
+    out = export.export(args.run, args.out, args.format)
+    fmt = export.file_format(out, args.format)
     extra = f", opset {export.OPSET}" if fmt == "onnx" else ""
     print(f"wrote {out} ({fmt}{extra}, {out.stat().st_size / 1024:.0f} KiB)")
     print(f"input:  {export.INPUT}  float32 (N, 1, 28, 28), pixels 0..255, light on black")
