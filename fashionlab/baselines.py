@@ -152,7 +152,7 @@ def run_baseline(method: str, train_size: int | None = None, data_dir: str | Non
         "config_digest": cfg.digest(config), "cpu": hardware.cpu_description(),
         "sklearn": sklearn_version,
         "baseline": {"method": method, "description": description, "train_size": size},
-        "data": {"source": ds.source, "path": str(ds.path), "verified": ds.verified}})
+        "data": data.provenance(ds)})
     try:
         with _ticking(f"fitting {method} on {size:,} images", expected) if not quiet \
                 else contextlib.nullcontext():

@@ -19,6 +19,7 @@ import numpy as np
 
 from fashionlab import callable_module, runs, stats
 from fashionlab import config as cfg
+from fashionlab.errors import UserError
 
 
 @dataclass
@@ -50,10 +51,13 @@ class Comparison:
 
 
 def seed_group(run: runs.Run) -> str:
-    """A digest of everything that sets the result except the seed: equal digests = same recipe."""
+    """A digest of everything that sets the result except the seed: equal digests = same recipe
+    on the same data (the files' SHA-256, or the folder for runs that did not record them)."""
     config = copy.deepcopy(run.config)
     config.get("train", {}).pop("seed", None)
-    return cfg.digest({**config, "baseline": run.info.get("baseline", {})})
+    recorded = run.info.get("data", {})
+    return cfg.digest({**config, "baseline": run.info.get("baseline", {}),
+                       "data": recorded.get("sha256") or recorded.get("path", "")})
 
 
 def entry(run: runs.Run) -> Entry:
@@ -75,6 +79,11 @@ def entry(run: runs.Run) -> Entry:
 def compare(items: list[runs.Run | str | Path]) -> Comparison:
     """Table rows, pairwise McNemar tests and seed groups for finished runs."""
     loaded = [r if isinstance(r, runs.Run) else runs.load_run(r) for r in items]
+    seen: set[Path] = set()
+    for r in loaded:  # a run against itself: a test of nothing, and a seed group of one seed
+        if r.path.resolve() in seen:
+            raise UserError(f"{r.path} is listed twice")
+        seen.add(r.path.resolve())
     result = Comparison([entry(r) for r in loaded])
     es = result.entries
     for i in range(len(es)):

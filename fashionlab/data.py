@@ -185,6 +185,8 @@ def _pair(images: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray
         raise DataError(f"{what} labels must be one-dimensional, got shape {labels.shape}")
     if len(images) != len(labels):
         raise DataError(f"{what}: {len(images)} images but {len(labels)} labels")
+    if not len(labels):
+        raise DataError(f"the {what} set has no images")
     return images, _check_labels(labels, f"{what} labels")
 
 
@@ -315,10 +317,26 @@ def normalizer(kind: str) -> tuple[float, float]:
     raise DataError(f"unknown normalisation {kind!r}: use scale, standard or raw")
 
 
+def provenance(ds: DataSet) -> dict:
+    """What run.json keeps of a run's data: where it came from and the files' SHA-256, so a
+    run is scored on its own files and runs on other data are never taken for seeds of one."""
+    return {"source": ds.source, "path": str(Path(ds.path).resolve()), "verified": ds.verified,
+            **({"sha256": dict(ds.files)} if ds.files else {})}
+
+
 def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> DataSet:
     """The data set a run was trained on (its run.json and config.toml): --data-dir, else the
-    folder it recorded, so that scoring a run trained on other files reads those files."""
-    recorded = info.get("data", {}).get("path")
-    if data_dir is None and recorded and Path(recorded).is_dir():
-        data_dir = recorded
-    return load(data_dir, config.get("data", {}).get("dataset", "fashion-mnist"))
+    folder it recorded, which must still hold the same files: scoring a run on other images
+    without being asked would put wrong numbers beside its own."""
+    recorded = info.get("data", {})
+    dataset = config.get("data", {}).get("dataset", "fashion-mnist")
+    if data_dir is not None or not recorded.get("path"):
+        return load(data_dir, dataset)
+    if not Path(recorded["path"]).is_dir():
+        raise DataError(f"this run's data folder {recorded['path']} is gone: name the data "
+                        "with --data-dir")
+    ds = load(recorded["path"], dataset)
+    if recorded.get("sha256", ds.files) != ds.files:
+        raise DataError(f"the files in {recorded['path']} changed since this run trained "
+                        "(SHA-256 differs): name the data with --data-dir")
+    return ds

@@ -12,8 +12,10 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 1
 
 
 def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
-    """Recall of each class: correct / images of that class."""
-    return np.diag(cm) / np.maximum(cm.sum(1), 1)
+    """Recall of each class: correct / images of that class; NaN for a class with no images
+    (0 would read as a class the model always gets wrong)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.diag(cm) / cm.sum(1)
 
 
 def format_confusion(cm: np.ndarray, classes: tuple[str, ...]) -> str:

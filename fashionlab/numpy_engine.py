@@ -105,7 +105,7 @@ def train(config: dict, data_dir: str | None = None, out: str | None = None,
             "config_digest": cfg.digest(config), "device": "cpu", "precision": "fp32",
             "cpu": hardware.cpu_description(),
             "numpy": np.__version__, "params": net.size,
-            "data": {"source": ds.source, "path": str(ds.path), "verified": ds.verified}})
+            "data": data.provenance(ds)})
     else:
         run_dir = Path(resume)
         loop = _load_checkpoint(run_dir, net, velocity, rngs) or loop

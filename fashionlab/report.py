@@ -213,8 +213,9 @@ def _run_section(i: int, e: compare.Entry, ds: data.DataSet | None) -> str:
             _img(plots.confusion_figure(cm, classes, e.model), "test confusion matrix",
                  "Rows: true class; columns: predicted class. Right: share of each true class.")]
     s = metrics.precision_recall_f1(labels, predicted, len(classes))
-    rows = [[html.escape(c), f"{s['precision'][k]:.3f}", f"{s['recall'][k]:.3f}",
-             f"{s['f1'][k]:.3f}", f"{s['support'][k]:,}"] for k, c in enumerate(classes)]
+    rows = [[html.escape(c), f"{s['precision'][k]:.3f}",
+             *([f"{s['recall'][k]:.3f}", f"{s['f1'][k]:.3f}"] if s["support"][k] else ["-", "-"]),
+             f"{s['support'][k]:,}"] for k, c in enumerate(classes)]
     pairs = ", ".join(f"{html.escape(classes[a])} / {html.escape(classes[b])} ({ab} + {ba})"
                       for a, b, ab, ba in metrics.most_confused(cm, 4))
     out += ["<h3>Per-class metrics (test set)</h3>",

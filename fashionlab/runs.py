@@ -109,8 +109,21 @@ def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinity as null: they are not JSON, and strict readers (browsers, jq) refuse
+    a file holding them (a run without validation images has no validation accuracy)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
+               + "\n")
 
 
 def write_tensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
@@ -317,6 +330,7 @@ def load_run(path: str | Path, require_finished: bool = True) -> Run:
     config = _read(path / "config.toml", tomllib.loads)
     metrics_file = path / "metrics.json"
     metrics = _read(metrics_file, json.loads) if metrics_file.exists() else {}
+    metrics = {k: math.nan if v is None else v for k, v in metrics.items()}  # see _json_safe
     return Run(path, config, info, read_history(path), metrics)
 
 

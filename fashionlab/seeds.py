@@ -14,17 +14,18 @@ configs do. The runs go in one group folder beside a group.json:
         ...
 
 group.json is rewritten after every run, so a stopped group keeps its finished seeds; std is
-the sample standard deviation (n - 1), 0 for one run.
+the sample standard deviation (n - 1), null for one run (undefined, as compare shows it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 from fashionlab import config as cfg
-from fashionlab import runs
+from fashionlab import runs, stats
 from fashionlab.errors import UserError
 
 
@@ -45,11 +46,11 @@ def parse_seeds(text: str) -> list[int]:
     return items
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    n = len(values)
-    mean = sum(values) / n if n else math.nan
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return {"mean": mean, "std": math.sqrt(var), "n": n}
+def spread(values: list[float | None]) -> dict[str, float]:
+    """Mean and sample std (undefined, so null in group.json, for one seed); a value read
+    back from group.json as null is NaN."""
+    mean, std = stats.mean_std([math.nan if v is None else v for v in values])
+    return {"mean": mean, "std": std, "n": len(values)}
 
 
 def train_seeds(source: str | dict, seeds: list[int], *, flags: dict | None = None,
@@ -64,7 +65,12 @@ def train_seeds(source: str | dict, seeds: list[int], *, flags: dict | None = No
         "config": cfg.dumps(config), "seeds": seeds, "runs": [],
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
     runs.write_json(group / "group.json", summary)
-    return _train_group(group, summary, quiet)
+    try:
+        return _train_group(group, summary, quiet)
+    except Exception:
+        if not any(p.is_dir() for p in group.iterdir()):  # refused before a run began (bad
+            shutil.rmtree(group, ignore_errors=True)  # data): nothing to keep or resume
+        raise
 
 
 def resume_group(group: str | Path, quiet: bool = False, force: bool = False) -> Path:

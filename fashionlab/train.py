@@ -194,8 +194,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
             **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {}),
             "torch": torch.__version__, "params": net.params, "pid": os.getpid(),
             "world_size": distributed.rank_world()[1],
-            "data": {"source": ds.source, "path": str(Path(ds.path).resolve()),
-                     "verified": ds.verified}})
+            "data": data.provenance(ds)})
     else:
         runs.update_info(run_dir, state="running", reason="resumed", pid=os.getpid())
     signals.guarded(run_dir, lambda interrupt: _fit(

@@ -121,6 +121,33 @@ def test_report_describes_each_runs_own_data(tiny, tmp_path):
     assert "<h3>Data of" not in report.build([tiny["seed1"], tiny["seed2"]])
 
 
+def test_runs_are_scored_on_their_own_data_or_not_at_all(tmp_path, capsys):
+    folder = write_idx_set(tmp_path / "data", n_train=150, n_test=60)
+    run = fashionlab.train(copy.deepcopy(CONFIG), data_dir=str(folder), out=str(tmp_path),
+                           quiet=True)
+    assert runs.load_run(run).info["data"]["sha256"]["t10k-images-idx3-ubyte.gz"]
+    assert main(["evaluate", str(run)]) == 0 and "/60)" in capsys.readouterr().out
+    folder.rename(tmp_path / "moved")
+    assert main(["evaluate", str(run)]) == 2
+    assert f"this run's data folder {folder} is gone: name the data with --data-dir" in (
+        capsys.readouterr().err)
+    assert main(["evaluate", str(run), "--data-dir", str(tmp_path / "moved")]) == 0
+    assert "/60)" in capsys.readouterr().out
+    write_idx_set(folder, n_train=150, n_test=70)
+    assert main(["evaluate", str(run)]) == 2
+    assert "changed since this run trained (SHA-256 differs)" in capsys.readouterr().err
+
+
+def test_seeds_on_other_training_data_are_not_a_seed_group(tiny, tmp_path):
+    folder = write_idx_set(tmp_path / "data", n_train=150, n_test=100)  # the same test images
+    config = copy.deepcopy(CONFIG)
+    config["train"]["seed"] = 2
+    other = fashionlab.train(config, data_dir=str(folder), out=str(tmp_path), quiet=True)
+    c = fashionlab.compare([tiny["seed1"], other])
+    assert len(c.pairs) == 1 and not c.groups
+    assert len(fashionlab.compare([tiny["seed1"], tiny["seed2"]]).groups) == 1
+
+
 def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(tiny["seed1"], broken)

@@ -108,6 +108,7 @@ CASES = [
      r"IDX data type 0x0d is not unsigned bytes \(0x08\)"),
     ("images and labels mismatched", lambda t: edit(t, LABELS, lambda b: idx_bytes(
         np.zeros(39, np.uint8))), r"training: 40 images but 39 labels"),
+    ("empty test set", lambda t: _empty_test(idx_set(t)), r"the test set has no images$"),
     ("wrong image shape", lambda t: replace(t, IMAGES, idx_bytes(np.zeros((40, 32, 32)))),
      r"training images have shape \(32, 32\), expected \(28, 28\)"),
     ("labels out of range", lambda t: replace(t, LABELS, idx_bytes(np.full(40, 12))),
@@ -258,6 +259,8 @@ CASES = [
      r"is not finished \(state diverged: training diverged\)$"),
     ("compare an unfinished run", lambda t: ["compare", str(fake_run(t, "failed", "boom"))],
      r"is not finished \(state failed: boom\)$"),
+    ("a run compared with itself", lambda t: ["compare", *[str(fake_run(t, "finished"))] * 2],
+     r"/runs/.*-fake is listed twice$"),
     ("report on an unfinished run", lambda t: ["report", str(fake_run(t, "running")),
                                               "-o", str(t / "r.html")],
      r"is not finished \(state running\)$"),
@@ -317,6 +320,12 @@ def _bad_history(tmp: Path) -> Path:
 def _into_run(tmp: Path, command: str, name: str) -> list[str]:
     run = fake_run(tmp, "finished")
     return [command, str(run), "-o", str(run / name)]
+
+
+def _empty_test(folder: Path) -> list[str]:
+    (folder / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(0, np.uint8)))
+    return info(folder)
 
 
 def _unlink(path: Path) -> Path:

@@ -72,3 +72,11 @@ def test_mean_std():
     assert stats.mean_std([0.80, 0.82, 0.84]) == pytest.approx((0.82, 0.02))
     mean, std = stats.mean_std([0.9])
     assert mean == 0.9 and math.isnan(std)
+
+
+def test_per_class_accuracy_of_a_class_without_images_is_undefined():
+    from fashionlab import metrics
+
+    cm = metrics.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 0]), 4)
+    acc = metrics.per_class_accuracy(cm)
+    assert acc[:3].tolist() == [0.5, 1.0, 0.0] and np.isnan(acc[3])

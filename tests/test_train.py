@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -272,3 +273,34 @@ def test_bf16_table_sets_what_a_bf16_run_trains_with(tiny_data, tiny_config, tmp
     assert run.config["train"]["epochs"] == epochs and "bf16" not in run.config
     assert run.info.get("bf16_keys") == ({"train.epochs": 3} if precision == "bf16" else None)
     assert run.info["config_digest"] == config.digest(config.resolve(run.config))
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path.name} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_seed_group_without_validation_writes_strict_json(tiny_data, tiny_config, tmp_path):
+    from fashionlab import seeds
+
+    group = seeds.train_seeds(tiny_config, [1], overrides=["data.val='none'"],
+                              data_dir=str(tiny_data), out=str(tmp_path), quiet=True)
+    summary = _strict_json(group / "group.json")
+    assert summary["val_accuracy"] == {"mean": None, "std": None, "n": 1}
+    assert summary["test_accuracy"]["std"] is None and summary["test_accuracy"]["mean"] > 0.1
+    run = group / summary["runs"][0]["path"]
+    assert _strict_json(run / "metrics.json")["val_accuracy"] is None
+    assert math.isnan(runs.load_run(run).metrics["val_accuracy"])  # read back as NaN
+    assert "(one seed)" in seeds.format_group(group)
+
+
+def test_a_seed_group_refused_before_any_run_leaves_no_folder(tiny_config, tmp_path):
+    from fashionlab import seeds
+    from fashionlab.errors import DataError
+
+    with pytest.raises(DataError):
+        seeds.train_seeds(tiny_config, [1, 2], data_dir=str(tmp_path / "nowhere"),
+                          out=str(tmp_path / "out"), quiet=True)
+    assert list((tmp_path / "out").iterdir()) == []

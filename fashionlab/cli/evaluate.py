@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"test loss:     {loss:.4f}")
     print("\nper-class accuracy:")
     for name, value in zip(trained.classes, metrics.per_class_accuracy(cm), strict=True):
-        print(f"  {name:<13} {value:.4f}")
+        print(f"  {name:<13} {value:.4f}" if value == value else f"  {name:<13} n/a "
+              "(no test images)")
     print("\nconfusion matrix (rows: true class):")
     print(metrics.format_confusion(cm, trained.classes))
     return 0
