@@ -185,12 +185,14 @@ def _percent(values: list[float]) -> str:
 
 
 def _difference(row: Row) -> str:
-    """Measured minus claimed, on the split the report claims (test if it gives both)."""
+    """Measured minus claimed, on the split the report claims (test if it gives both), of the
+    figures as the table prints them, so that a reader's subtraction agrees."""
     for claimed, measured, split in ((row.claimed_test, row.test, ""),
                                      (row.claimed_val, row.val, " (val)")):
         measured = [v for v in measured if not math.isnan(v)]
         if claimed and measured:
-            return f"{100 * (statistics.fmean(measured) - claimed):+.2f}{split}"
+            shown = round(100 * statistics.fmean(measured), 2) - round(100 * claimed, 2)
+            return f"{shown:+.2f}{split}"
     return "—"
 
 
@@ -222,6 +224,7 @@ def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
              f"- date: {datetime.date.today().isoformat()}; load average {load:.1f} when "
              "written" + (" (above the core count: other jobs shared the CPU, so s/epoch is "
                           "inflated)" if cpu_was_shared(load) else ""),
+             *_data_line(rows),
              f"- seeds: {seeds}" + (" (mean ± sample std)" if seeds > 1 else ""),
              "- accuracies in %; claimed figures are the report's; \"—\": none claimed "
              "(see `fashionlab show RECIPE` for why)"]
@@ -231,6 +234,21 @@ def markdown(rows: list[Row], title: str, command: str, seeds: int = 1) -> str:
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(table_row(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _data_line(rows: list[Row]) -> list[str]:
+    """Where the runs' images came from: a table measured on other files must say so, since
+    its command line leaves local paths out."""
+    seen = sorted({(d.get("path", "?"), bool(d.get("verified"))) for r in rows for p in r.runs
+                   for d in [runs.read_info(p).get("data", {})] if d})
+    if not seen:
+        return []
+    kinds = {True: "official Fashion-MNIST, checksums verified",
+             False: "not the official Fashion-MNIST files"}
+    text = "; ".join(f"{path} ({kinds[ok]})" for path, ok in seen)
+    if all(ok for _, ok in seen):
+        return [f"- data: {text}"]
+    return [f"- **data: {text}: not comparable with the reports' figures**"]
 
 
 def write_markdown(path: str | Path, text: str) -> None:

@@ -143,6 +143,9 @@ def test_difference_uses_the_claimed_split() -> None:
     val_only = reproduce.Row("b", 0.0, 0.93, 1, 50, test=[0.8], val=[0.9])
     assert reproduce._difference(val_only) == "-3.00 (val)"
     assert reproduce._difference(reproduce.Row("c", 0.0, 0.0, 1, 1, test=[0.8])) == "—"
+    shown = reproduce.Row("d", 0.0, 0.93, 50, 50, val=[0.920250])  # printed 92.03, not 92.025
+    assert reproduce._difference(shown) == "-0.97 (val)" and reproduce.table_row(shown)[4] == (
+        "92.03")
     cells = reproduce.table_row(both)
     assert cells[:3] == ["`a`", "88.97", "90.50 ± 0.71"] and cells[6] == "13"
     assert reproduce.table_row(val_only)[6] == "1 of 50 (capped)"
@@ -171,6 +174,8 @@ def test_reproduce_command_writes_the_table(tiny_data: Path, tmp_path: Path,
     assert table.read_text() == printed
     assert "fashionlab reproduce weil --max-epochs 1 --set data.dataset=any" in printed
     assert "machine: " in printed and "capped by --max-epochs" in printed
+    assert (f"- **data: {tiny_data.resolve()} (not the official Fashion-MNIST files): not "
+            "comparable with the reports' figures**") in printed
     rows = [ln for ln in printed.splitlines() if ln.startswith("| `")]
     assert [r.split(" | ")[0] for r in rows] == ["| `weil-fc`", "| `weil-cnn`"]  # cheap first
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
