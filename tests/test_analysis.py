@@ -148,6 +148,15 @@ def test_seeds_on_other_training_data_are_not_a_seed_group(tiny, tmp_path):
     assert len(fashionlab.compare([tiny["seed1"], tiny["seed2"]]).groups) == 1
 
 
+def test_report_does_not_judge_overfitting_without_validation(tiny, tmp_path):
+    config = copy.deepcopy(CONFIG)
+    config["data"] = {**config["data"], "val": "none"}
+    run = fashionlab.train(config, data_dir=str(tiny["data"]), out=str(tmp_path), quiet=True)
+    html = report.build([run])
+    assert "No validation split: nothing to judge overfitting by." in html
+    assert "No sign of overfitting" not in html and "Best epoch" not in html
+
+
 def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(tiny["seed1"], broken)
