@@ -101,30 +101,32 @@ class AvgPoolSame(nn.Module):
     half before), each window averaged over its real pixels only."""
 
     def __init__(self, pads: tuple[int, int, int, int], pool: tuple[int, int],
-                 size: tuple[int, int]):
+                 strides: tuple[int, int], size: tuple[int, int]):
         super().__init__()
-        self.pads, self.pool = pads, pool
-        ones = torch.ones(1, 1, *size)
-        self.register_buffer("count", F.avg_pool2d(F.pad(ones, pads), pool), persistent=False)
+        self.pads, self.pool, self.strides = pads, pool, strides
+        ones = F.pad(torch.ones(1, 1, *size), pads)
+        self.register_buffer("count", F.avg_pool2d(ones, pool, strides), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(F.pad(x, self.pads), self.pool) / self.count.to(x.dtype)
+        return (F.avg_pool2d(F.pad(x, self.pads), self.pool, self.strides)
+                / self.count.to(x.dtype))
 
 
-def _same_pool(kind: str, pool: tuple[int, int], size: tuple[int, int],
-               out: tuple[int, int]) -> list[nn.Module]:
-    """Pooling with strides == pool and padding "same", padded where TF pads: total
-    out * pool - size per axis, the smaller half before. With 0 or 1 pixel to pad (pool 2,
+def _same_pool(kind: str, pool: tuple[int, int], strides: tuple[int, int],
+               size: tuple[int, int], out: tuple[int, int]) -> list[nn.Module]:
+    """Pooling with padding "same", padded where TF pads: (out - 1) * stride + pool - size
+    per axis, the smaller half before. With strides == pool and 0 or 1 pixel to pad (pool 2,
     every shipped recipe) that is all after, which torch's ceil_mode does without a copy."""
-    totals = [o * k - n for o, k, n in zip(out, pool, size, strict=True)]
+    totals = [max((o - 1) * s + k - n, 0)
+              for o, s, k, n in zip(out, strides, pool, size, strict=True)]
     (top, bottom), (left, right) = [(t // 2, t - t // 2) for t in totals]
-    if top == left == 0:  # windows past the edge count only real pixels, as in Keras
+    if top == left == 0 and strides == pool:  # windows past the edge see real pixels only
         return [nn.MaxPool2d(pool, ceil_mode=True) if kind == "maxpool"
                 else nn.AvgPool2d(pool, ceil_mode=True)]
     pads = (left, right, top, bottom)
     if kind == "maxpool":
-        return [nn.ConstantPad2d(pads, -math.inf), nn.MaxPool2d(pool)]
-    return [AvgPoolSame(pads, pool, size)]
+        return [nn.ConstantPad2d(pads, -math.inf), nn.MaxPool2d(pool, strides)]
+    return [AvgPoolSame(pads, pool, strides, size)]
 
 
 def _pair(value: Any, where: str, key: str) -> tuple[int, int]:
@@ -300,8 +302,6 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
         (sh, sw) = _pair(p["strides"], where, "strides") if p["strides"] else (ph, pw)
         c, h, w = shape
         if p["padding"] == "same":
-            if (sh, sw) != (ph, pw):
-                raise SpecError(f"{where}: padding 'same' pooling needs strides == pool")
             out = (c, math.ceil(h / sh), math.ceil(w / sw))
         elif p["padding"] == "valid":
             if ph > h or pw > w:
@@ -310,7 +310,7 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
         else:
             raise SpecError(f"{where}: padding must be 'valid' or 'same'")
         if p["padding"] == "same":
-            return _same_pool(kind, (ph, pw), (h, w), out[1:]), out, 0
+            return _same_pool(kind, (ph, pw), (sh, sw), (h, w), out[1:]), out, 0
         pool = (nn.MaxPool2d((ph, pw), (sh, sw)) if kind == "maxpool"
                 else nn.AvgPool2d((ph, pw), (sh, sw)))
         return [pool], out, 0

@@ -93,12 +93,12 @@ def curves_figure(history: list[dict], title: str = "", best: int | None = None)
 def confusion_figure(cm: np.ndarray, classes: tuple[str, ...], title: str) -> plt.Figure:
     """Counts on the left, rows normalised to recall (%) on the right."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    for ax, values, kind in ((axes[0], cm, "counts"), (axes[1], norm, "% of each true class")):
+    percent = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)  # the colour bar's unit too
+    for ax, values, kind in ((axes[0], cm, "counts"), (axes[1], percent, "% of each true class")):
         image = ax.imshow(values, cmap="Blues", vmin=0)
         top = values.max() or 1
         for (i, j), v in np.ndenumerate(values):
-            text = f"{v:d}" if values is cm else (f"{100 * v:.0f}" if v >= 0.005 else "")
+            text = f"{v:d}" if values is cm else (f"{v:.0f}" if v >= 0.5 else "")
             if v:
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if v > top / 2 else "black")

@@ -286,3 +286,9 @@ def test_durations_round_before_splitting_minutes():
     assert compare.duration(125.2) == "2 min 05 s"
     assert compare.duration(42.25) == "42.2 s"
     assert compare.duration(float("nan")) == "-"
+
+
+def test_confusion_percent_panel_and_its_colour_bar_share_a_unit():
+    fig = plots.confusion_figure(np.array([[8, 2], [1, 9]]), ("a", "b"), "t")
+    assert [t.get_text() for t in fig.axes[1].texts] == ["80", "20", "10", "90"]
+    assert fig.axes[-1].get_ylim() == (0.0, 90.0)  # the percent panel's colour bar, in %

@@ -90,8 +90,6 @@ def test_lenet5_parameter_count():
      "unknown activation 'swish2'"),
     ([{"type": "flatten"}, {"type": "dense", "units": "ten"}], "units must be a positive integer"),
     ([{"type": "dropout", "rate": 1.5}, *HEAD], "dropout rate must lie in"),
-    ([{"type": "maxpool", "pool": 2, "strides": 1, "padding": "same"}, *HEAD],
-     "needs strides == pool"),
     ([], "non-empty list"),
 ])
 def test_spec_errors_name_the_layer(layers, message):
@@ -265,32 +263,38 @@ def test_flatten_hands_back_the_gradient_in_its_input_layout(channels_last):
     assert grads["torch"].is_contiguous()  # what made the layer before it slow
 
 
-def _tf_same_pool(x: np.ndarray, k: int, kind: str) -> np.ndarray:
-    """TensorFlow's padding "same" pooling with strides == pool, written out: total padding
-    out * k - n per axis, the smaller half before; windows see only real pixels."""
+def _tf_same_pool(x: np.ndarray, k: int, kind: str, s: int | None = None) -> np.ndarray:
+    """TensorFlow's padding "same" pooling, written out: out = ceil(n / s), total padding
+    (out - 1) * s + k - n per axis (at least 0), the smaller half before; windows see only
+    real pixels."""
+    s = s or k
     n, m = x.shape[-2:]
-    oh, ow = -(-n // k), -(-m // k)
-    top, left = (oh * k - n) // 2, (ow * k - m) // 2
+    oh, ow = -(-n // s), -(-m // s)
+    top = max((oh - 1) * s + k - n, 0) // 2
+    left = max((ow - 1) * s + k - m, 0) // 2
     out = np.empty(x.shape[:-2] + (oh, ow), x.dtype)
     for i in range(oh):
         for j in range(ow):
-            r0, c0 = max(i * k - top, 0), max(j * k - left, 0)
-            win = x[..., r0:i * k - top + k, c0:j * k - left + k]
+            r0, c0 = max(i * s - top, 0), max(j * s - left, 0)
+            win = x[..., r0:i * s - top + k, c0:j * s - left + k]
             out[..., i, j] = win.max((-2, -1)) if kind == "maxpool" else win.mean((-2, -1))
     return out
 
 
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
-@pytest.mark.parametrize("size, pool", [(28, 3), (14, 4), (7, 3), (13, 5), (7, 2), (28, 2)])
-def test_same_pooling_pads_where_keras_pads(kind, size, pool):
+@pytest.mark.parametrize("size, pool, strides", [
+    (28, 3, None), (14, 4, None), (7, 3, None), (13, 5, None), (7, 2, None), (28, 2, None),
+    (28, 3, 2), (28, 2, 1), (7, 3, 1), (13, 3, 2), (14, 5, 3), (6, 2, 4)])
+def test_same_pooling_pads_where_keras_pads(kind, size, pool, strides):
     torch.manual_seed(0)
     layers = [{"type": "conv2d", "filters": 2, "kernel": 1}, {"type": kind, "pool": pool,
-                                                               "padding": "same"}]
+                                                               "padding": "same",
+                                                               "strides": strides or pool}]
     net = models.build([*layers, {"type": "flatten"}, {"type": "dense", "units": 10}],
                        input_shape=(1, size, size))
     x = torch.randn(3, 1, size, size)
     features = net.module[0](x)
-    pooled = net.module[1](features)
-    expected = _tf_same_pool(features.detach().numpy(), pool, kind)
+    pooled = net.module[1:-2](features)
+    expected = _tf_same_pool(features.detach().numpy(), pool, kind, strides)
     assert pooled.shape[-2:] == expected.shape[-2:]
     np.testing.assert_allclose(pooled.detach().numpy(), expected, rtol=1e-6, atol=1e-6)
