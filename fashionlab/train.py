@@ -282,6 +282,9 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
     model = distributed.wrap(module, dev)  # DDP averages the gradients over the ranks
     batch, n = train_cfg["batch_size"], len(t.y_train)
     steps = math.ceil(n / batch)  # the last, partial batch is kept, as Keras does
+    if n % batch == 1 and steps > 1 and any(isinstance(m, torch.nn.BatchNorm1d)
+                                            for m in module.modules()):
+        steps -= 1  # a lone last image joins the batch before: batch norm cannot take one
     distributed.check_shards(n, batch)
     opt = optim.make_optimizer(module.parameters(), train_cfg)
     schedule = optim.make_schedule(opt, train_cfg, steps)
@@ -328,7 +331,7 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
         for step in range(steps):
             if interrupt.signum is not None:  # drop the partial epoch; the last one is saved
                 raise interrupt.error(f"during epoch {epoch} (last saved: epoch {loop.epoch})")
-            idx = perm[step * batch:(step + 1) * batch][rank::world]
+            idx = perm[step * batch:(step + 1) * batch if step + 1 < steps else n][rank::world]
             x = t.x_train[idx].float()
             y = t.y_train[idx]
             if augmenting:

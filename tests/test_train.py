@@ -304,3 +304,11 @@ def test_a_seed_group_refused_before_any_run_leaves_no_folder(tiny_config, tmp_p
         seeds.train_seeds(tiny_config, [1, 2], data_dir=str(tmp_path / "nowhere"),
                           out=str(tmp_path / "out"), quiet=True)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_last_batch_of_one_joins_the_one_before_under_dense_batch_norm(tiny_data, tiny_config,
+                                                                         tmp_path):
+    """150 training images in batches of 149 leave one image, which BatchNorm1d refuses."""
+    tiny_config["model"]["layers"].insert(2, {"type": "batchnorm"})
+    path = run_tiny(tiny_data, tiny_config, tmp_path, "train.batch_size=149", "train.epochs=1")
+    assert runs.load_run(path).metrics["epochs_run"] == 1
