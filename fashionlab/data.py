@@ -78,10 +78,13 @@ def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
     if len(raw) < 4:
         raise DataError(f"{name}: too short to be an IDX file ({len(raw)} bytes)")
     zero, dtype, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
-    if zero != 0 or ndim not in (1, 3):
+    if zero != 0 or ndim == 0:
         raise DataError(
             f"{name}: wrong magic number 0x{raw[:4].hex()} "
             "(expected 0x00000801 for labels or 0x00000803 for images)")
+    if ndim not in (1, 3):  # a valid IDX file, of a shape this tool does not read
+        raise DataError(f"{name}: an IDX array with {ndim} dimensions; expected images (N, 28, "
+                        "28), one grey-scale image per item, or labels (N,)")
     if dtype != IDX_UBYTE:
         raise DataError(f"{name}: IDX data type 0x{dtype:02x} is not unsigned bytes (0x08)")
     header = 4 + 4 * ndim
@@ -179,8 +182,8 @@ def _load_idx_folder(folder: Path) -> tuple[dict, bool, dict]:
 
 def _pair(images: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(f"{what} images have shape {images.shape[1:]}, expected "
-                        f"({IMAGE_SIZE}, {IMAGE_SIZE}) (one 28x28 grayscale image per item)")
+        raise DataError(f"{what} images have shape {images.shape}, expected (N, {IMAGE_SIZE}, "
+                        f"{IMAGE_SIZE}) (one 28x28 grey-scale image per item)")
     if labels.ndim != 1:
         raise DataError(f"{what} labels must be one-dimensional, got shape {labels.shape}")
     if len(images) != len(labels):

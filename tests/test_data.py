@@ -104,7 +104,7 @@ def test_wrong_image_shape(tmp_path):
     folder = write_idx_set(tmp_path / "s", n_train=30, n_test=20)
     (folder / "train-images-idx3-ubyte.gz").write_bytes(
         gzip.compress(idx_bytes(np.zeros((30, 32, 32), np.uint8))))
-    with pytest.raises(DataError, match=r"shape \(32, 32\), expected \(28, 28\)"):
+    with pytest.raises(DataError, match=r"shape \(30, 32, 32\), expected \(N, 28, 28\)"):
         data.load(folder, dataset="any")
 
 
