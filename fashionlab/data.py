@@ -109,33 +109,35 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def parse_csv(text: str, name: str = "CSV data") -> tuple[np.ndarray, np.ndarray]:
-    """Decode the Kaggle layout: a header `label,pixel1..pixel784`, then one image per row."""
-    lines = text.strip().splitlines()
-    if not lines or not lines[0].lower().startswith("label"):
+    """Decode the Kaggle layout: a header `label,pixel1..pixel784`, then one image per row.
+    NumPy's C reader holds 60,000 rows in a few hundred MB; a list of Python strings took GBs."""
+    header, _, body = text.lstrip("\ufeff").partition("\n")  # a BOM, as Excel writes
+    header = header.replace('"', "").strip()
+    if not header.lower().startswith("label"):
         raise DataError(f"{name}: expected a header starting with 'label' (Kaggle layout)")
-    ncol = lines[0].count(",") + 1
+    ncol = header.count(",") + 1
     if ncol != 1 + IMAGE_SIZE * IMAGE_SIZE:
         raise DataError(f"{name}: header has {ncol} columns, expected 785 (label + 784 pixels)")
-    rows = [r.split(",") for r in lines[1:]]
-    if not rows:
+    if not body.strip():
         raise DataError(f"{name}: no data rows")
     try:
-        values = np.array(rows, dtype=np.int64)
+        values = np.loadtxt(body.splitlines(), delimiter=",", dtype=np.int32, ndmin=2)
     except (ValueError, OverflowError):
         values = None
-    if values is None or values.shape != (len(rows), ncol):
+    if values is None or values.shape[1] != ncol:
+        rows = [r.split(",") for r in body.strip().splitlines()]
         raise DataError(f"{name}: line {_first_bad_row(rows, ncol)} is not {ncol} integers")
-    if values.min() < 0 or values[:, 1:].max() > 255:
+    labels = _check_labels(values[:, 0], name)
+    if values[:, 1:].min() < 0 or values[:, 1:].max() > 255:
         raise DataError(f"{name}: pixel values must lie in 0..255")
-    images = values[:, 1:].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    return images, _check_labels(values[:, 0], name)
+    return values[:, 1:].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels
 
 
 def _first_bad_row(rows: list[list[str]], ncol: int) -> int:
-    """Line number (header = 1) of the first row that is not `ncol` int64 values."""
+    """Line number (header = 1) of the first row that is not `ncol` int32 values."""
     for line, row in enumerate(rows, 2):
         try:
-            if len(row) != ncol or np.array(row, dtype=np.int64).shape != (ncol,):
+            if len(row) != ncol or np.array(row, dtype=np.int32).shape != (ncol,):
                 return line
         except (ValueError, OverflowError):
             return line
@@ -145,7 +147,7 @@ def _first_bad_row(rows: list[list[str]], ncol: int) -> int:
 def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     try:
-        text = _open_bytes(path).decode("ascii")
+        text = _open_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text CSV file") from None
     return parse_csv(text, str(path))
@@ -248,8 +250,12 @@ def load(data_dir: str | Path | None = None, dataset: str = "fashion-mnist") -> 
     if not folder.is_dir():
         raise DataError(f"data folder {folder} ({source}) does not exist")
     hashes: dict[str, str] = {}
-    if all((folder / n).is_file() for n in CSV_NAMES) and not _find_idx(
-            folder, "train-images-idx3-ubyte"):
+    csvs = sorted(p.name for p in folder.glob("*.csv"))
+    idx = _find_idx(folder, "train-images-idx3-ubyte")
+    if csvs and not idx and not all(n in csvs for n in CSV_NAMES):
+        raise DataError(f"{folder}: found {', '.join(csvs)}; CSV data is read as "
+                        f"{' and '.join(CSV_NAMES)} (Kaggle's names)")
+    if all(n in csvs for n in CSV_NAMES) and not idx:
         train_x, train_y = read_csv(folder / CSV_NAMES[0])
         test_x, test_y = read_csv(folder / CSV_NAMES[1])
         verified = False

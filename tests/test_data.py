@@ -52,6 +52,9 @@ def test_csv_reader_kaggle_layout():
     rows = [",".join(map(str, [y, *x.ravel()])) for x, y in zip(images, labels, strict=True)]
     x, y = data.parse_csv("\n".join([header, *rows]))
     assert np.array_equal(x, images) and np.array_equal(y, labels)
+    quoted = header.replace("label", '"label"')  # Excel's way: a BOM, quotes, CRLF lines
+    x, y = data.parse_csv("\ufeff" + "\r\n".join([quoted, *rows]) + "\r\n")
+    assert np.array_equal(x, images) and np.array_equal(y, labels)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -59,6 +62,9 @@ def test_csv_reader_kaggle_layout():
     ("label,p1,p2\n1,2,3", "expected 785"),
     ("label," + ",".join(["p"] * 784) + "\n3," + ",".join(["x"] * 784), "line 2"),
     ("label," + ",".join(["p"] * 784) + "\n12," + ",".join(["0"] * 784), "labels must lie"),
+    ("label," + ",".join(["p"] * 784) + "\n-1," + ",".join(["0"] * 784), "labels must lie"),
+    ("label," + ",".join(["p"] * 784) + "\n1," + ",".join(["0"] * 783) + ",99999999999",
+     "line 2 is not 785"),
     ("label," + ",".join(["p"] * 784) + "\n1," + ",".join(["300"] * 784), "0..255"),
 ])
 def test_csv_errors(text, message):

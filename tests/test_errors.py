@@ -134,6 +134,9 @@ CASES = [
     ("CSV label out of range", lambda t: csv_set(t, CSV_HEADER + "\n" + "11," + "0," * 783
                                                  + "0\n"), r"labels must lie in 0\.\.9"),
     ("CSV no rows", lambda t: csv_set(t, CSV_HEADER + "\n"), r"no data rows"),
+    ("CSV under other names", lambda t: _renamed_csv(t), r"/csv: found mnist_test\.csv, "
+     r"mnist_train\.csv; CSV data is read as fashion-mnist_train\.csv and fashion-mnist_test"
+     r"\.csv \(Kaggle's names\)$"),
     ("CSV not text", lambda t: csv_set(t, b"\xff\xfe" + bytes(range(256))),
      r"not a text CSV file"),
     # -- spec files ---------------------------------------------------------------------------
@@ -323,6 +326,13 @@ def _bad_history(tmp: Path) -> Path:
 def _into_run(tmp: Path, command: str, name: str) -> list[str]:
     run = fake_run(tmp, "finished")
     return [command, str(run), "-o", str(run / name)]
+
+
+def _renamed_csv(tmp: Path) -> list[str]:
+    args = csv_set(tmp, CSV_HEADER + "\n")
+    for name in ("train", "test"):
+        (tmp / "csv" / f"fashion-mnist_{name}.csv").rename(tmp / "csv" / f"mnist_{name}.csv")
+    return args
 
 
 def _empty_test(folder: Path) -> list[str]:
