@@ -38,6 +38,11 @@ SHA256 = {
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 CSV_NAMES = ("fashion-mnist_train.csv", "fashion-mnist_test.csv")
+# The same images as rows of a CSV file, whatever their order: see fingerprint().
+CSV_SHA256 = {
+    "fashion-mnist_train.csv": "56016b2341e99c383df5cc0ed736f4afb12a6c90855d9f3d69981b294a0159ad",
+    "fashion-mnist_test.csv": "b73438e78d64c9f337edad19c3eea888b49d646dbe27b46e4e3177218f3581e7",
+}
 IMAGE_SIZE = 28
 IDX_UBYTE = 0x08
 
@@ -142,6 +147,15 @@ def _first_bad_row(rows: list[list[str]], ncol: int) -> int:
         except (ValueError, OverflowError):
             return line
     return 2
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of the set of (label, pixels) rows, blind to their order: a CSV export may list
+    the images in another order than the IDX files, and is the same data all the same."""
+    rows = np.concatenate([labels.reshape(-1, 1).astype(np.uint8),
+                           images.reshape(len(images), -1)], axis=1)
+    rows = np.ascontiguousarray(rows).view(f"V{rows.shape[1]}").ravel()
+    return hashlib.sha256(np.sort(rows).tobytes()).hexdigest()
 
 
 def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +272,9 @@ def load(data_dir: str | Path | None = None, dataset: str = "fashion-mnist") -> 
     if all(n in csvs for n in CSV_NAMES) and not idx:
         train_x, train_y = read_csv(folder / CSV_NAMES[0])
         test_x, test_y = read_csv(folder / CSV_NAMES[1])
-        verified = False
+        hashes = {CSV_NAMES[0]: fingerprint(train_x, train_y),
+                  CSV_NAMES[1]: fingerprint(test_x, test_y)}
+        verified = hashes == CSV_SHA256
     else:
         arrays, verified, hashes = _load_idx_folder(folder)
         train_x, train_y = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]

@@ -159,6 +159,12 @@ def test_real_data_is_verified_and_balanced():
     assert data.class_counts(ds.train_y).tolist() == [6000] * 10
     assert data.class_counts(ds.test_y).tolist() == [1000] * 10
     assert abs(ds.train_x.mean() / 255 - data.MEAN) < 1e-3
+    order = np.random.default_rng(0).permutation(10000)  # a CSV export may reorder the rows
+    assert data.fingerprint(ds.test_x[order], ds.test_y[order]) == data.CSV_SHA256[
+        "fashion-mnist_test.csv"]
+    assert data.fingerprint(ds.train_x, ds.train_y) == data.CSV_SHA256["fashion-mnist_train.csv"]
+    assert data.fingerprint(ds.test_x[1:], ds.test_y[1:]) != data.CSV_SHA256[
+        "fashion-mnist_test.csv"]
 
 
 @pytest.mark.parametrize("spec, n_train, first_val", [

@@ -134,6 +134,8 @@ CASES = [
     ("CSV label out of range", lambda t: csv_set(t, CSV_HEADER + "\n" + "11," + "0," * 783
                                                  + "0\n"), r"labels must lie in 0\.\.9"),
     ("CSV no rows", lambda t: csv_set(t, CSV_HEADER + "\n"), r"no data rows"),
+    ("CSV that is not Fashion-MNIST", lambda t: _csv_as_fashion(t),
+     r"/csv: files do not match the SHA-256 of Fashion-MNIST"),
     ("CSV under other names", lambda t: _renamed_csv(t), r"/csv: found mnist_test\.csv, "
      r"mnist_train\.csv; CSV data is read as fashion-mnist_train\.csv and fashion-mnist_test"
      r"\.csv \(Kaggle's names\)$"),
@@ -326,6 +328,11 @@ def _bad_history(tmp: Path) -> Path:
 def _into_run(tmp: Path, command: str, name: str) -> list[str]:
     run = fake_run(tmp, "finished")
     return [command, str(run), "-o", str(run / name)]
+
+
+def _csv_as_fashion(tmp: Path) -> list[str]:
+    csv_set(tmp, CSV_HEADER + "\n" + "1," + "200," * 783 + "200\n")
+    return info(tmp / "csv", "fashion-mnist")
 
 
 def _renamed_csv(tmp: Path) -> list[str]:
