@@ -135,7 +135,8 @@ def run_baseline(method: str, train_size: int | None = None, data_dir: str | Non
         raise UserError(f"--train-size must lie between 10 and {n:,} (the training images)")
     idx = np.sort(np.random.default_rng(seed).permutation(n)[:size])
     x, y, test_x = _flat(ds.train_x[idx]), ds.train_y[idx], _flat(ds.test_x)
-    fewest = np.bincount(y, minlength=len(ds.classes)).min()
+    present = np.bincount(ds.train_y, minlength=len(ds.classes)) > 0  # a data set may lack some
+    fewest = np.bincount(y, minlength=len(ds.classes))[present].min()
     if method == "svc" and fewest < 3:  # its calibration splits each class in three
         raise UserError(f"svc calibrates on 3 folds of each class, and {size} training images "
                         f"leave a class with {fewest}: use a larger --train-size")

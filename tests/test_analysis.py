@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, write_idx_set
+from conftest import TINY_CONFIG, idx_bytes, write_idx_set
 from PIL import Image
 
 import fashionlab
@@ -192,6 +192,16 @@ def test_baseline_rejects_bad_train_size(tiny, capsys):
     err = capsys.readouterr().err
     assert "svc calibrates on 3 folds of each class, and 10 training images leave a class " in err
     assert sorted(tiny["out"].iterdir()) == before  # refused before a run folder is made
+
+
+def test_svc_baseline_on_a_data_set_with_two_classes(tmp_path):
+    folder = write_idx_set(tmp_path / "data", n_train=60, n_test=20, gz=False)
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        labels = np.frombuffer((folder / name).read_bytes()[8:], np.uint8) % 2
+        (folder / name).write_bytes(idx_bytes(labels))
+    run = run_baseline("svc", 60, str(folder), tmp_path / "runs", dataset="any", quiet=True)
+    probs, labels = runs.load_run(run).predictions()
+    assert set(probs.argmax(1)) <= {0, 1} and set(labels) == {0, 1}
 
 
 def test_train_cli_plots_unless_told_not_to(tiny, tmp_path):
