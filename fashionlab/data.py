@@ -319,8 +319,9 @@ def split(n: int, val: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         k = int(round(n * number))
         perm = np.random.default_rng(seed).permutation(n)
         return np.sort(perm[k:]), np.sort(perm[:k])
-    raise DataError(f"bad validation split {val!r}: use first:N (0<N<{n}), last:F or "
-                    "fraction:F (0<F<1), or none")
+    raise DataError(f"bad validation split {val!r} (data.val; --val sets it) for {n:,} "
+                    f"training images: use first:N (0<N<{n}), last:F or fraction:F (0<F<1), "
+                    "or none")
 
 
 def class_counts(labels: np.ndarray) -> np.ndarray:

@@ -225,7 +225,8 @@ CASES = [
                                                     "model.layers.1.units=-5"],
      r"layer 1 \(dense\): units must be a positive integer, got -5$"),
     ("bad --val", lambda t: spec(t, TINY, "--val", "half"),
-     r"bad validation split 'half': use first:N \(0<N<40\), last:F"),
+     r"bad validation split 'half' \(data\.val; --val sets it\) for 40 training images: use "
+     r"first:N \(0<N<40\), last:F"),
     ("--val out of range", lambda t: spec(t, TINY, "--val", "first:40"),
      r"bad validation split 'first:40'"),
     ("--val not finite", lambda t: spec(t, TINY, "--val", "first:nan"),
