@@ -70,26 +70,34 @@ def create_app(trained: Trained, max_upload: int = MAX_UPLOAD):
     return app
 
 
-def check_address(host: str, port: int) -> None:
-    """Bind once before saying "serving": a port in use or an address this machine does not
-    have is then one line, not uvicorn's log after our own success message."""
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before saying "serving": a port in use or an address this
+    machine does not have is then one line, not uvicorn's log after our own success message;
+    port 0 takes a free port, which the line then names."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            s.bind((host, port))
+        sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the run and serve until Ctrl-C."""
+    """Load the run and serve until Ctrl-C (exit 130, as for every command)."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
         raise UserError("serve needs the web extra: pip install 'fashionlab[serve]'") from None
     app = create_app(load_trained(run))
-    check_address(host, port)
-    print(f"fashionlab: serving {run} on http://{host}:{port}  (Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    with listen(host, port) as sock:
+        shown = f"[{host}]" if ":" in host else host
+        print(f"fashionlab: serving {run} on http://{shown}:{sock.getsockname()[1]}  "
+              "(Ctrl-C stops)", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -86,8 +86,9 @@ def server(trained):
     """A real uvicorn server on a free localhost port, in a thread, for the browser."""
     import uvicorn
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    from fashionlab.serve import listen
+
+    sock = listen("127.0.0.1", 0)
     port = sock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(create_app(trained), log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -138,8 +139,35 @@ def test_a_port_in_use_or_out_of_range_is_one_line(tiny_run, capsys):
         assert main(["serve", str(tiny_run), "--port", str(port)]) == 2
         assert capsys.readouterr().err == (
             f"fashionlab: error: cannot listen on 127.0.0.1:{port}: Address already in use\n")
-    serve.check_address("127.0.0.1", port)  # free again: no error
+    serve.listen("127.0.0.1", port).close()  # free again: no error
     with pytest.raises(SystemExit) as done:
         main(["serve", str(tiny_run), "--port", "99999"])
     assert done.value.code == 2
     assert "argument --port: invalid port value: '99999'" in capsys.readouterr().err
+
+
+def test_serve_on_port_0_names_the_port_it_took_and_stops_on_ctrl_c(tiny_run):
+    import os
+    import signal
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "fashionlab", "serve", str(tiny_run),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r"on http://127\.0\.0\.1:(\d+) ", line).group(1))
+        assert port > 0
+        for _ in range(100):  # the line comes just before uvicorn accepts
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert b"<html" in page.lower()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130  # as every command stopped by Ctrl-C
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
