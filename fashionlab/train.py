@@ -159,6 +159,10 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         note = hardware.fewer_threads_note(torch.get_num_threads(), hardware.usable_cores())
         if note and dev.type == "cpu":
             print(note, file=sys.stderr)
+        if config["train"]["tta_flip"] and not config["augment"]["flip"] and resume is None:
+            print("warning: train.tta_flip averages in mirrored test images, but the net never "
+                  "trains on mirrored ones (augment.flip = 0): it may score lower",
+                  file=sys.stderr)
         if bf16_keys:
             print("training in bf16, so the recipe's [bf16] keys apply: " + ", ".join(
                 f"model.layers ({value})" if key == "model.layers" else f"{key} = {value!r}"

@@ -312,3 +312,13 @@ def test_a_last_batch_of_one_joins_the_one_before_under_dense_batch_norm(tiny_da
     tiny_config["model"]["layers"].insert(2, {"type": "batchnorm"})
     path = run_tiny(tiny_data, tiny_config, tmp_path, "train.batch_size=149", "train.epochs=1")
     assert runs.load_run(path).metrics["epochs_run"] == 1
+
+
+def test_test_time_flip_without_flipped_training_is_warned_about(tiny_data, tiny_config,
+                                                                 tmp_path, capsys):
+    tiny_config["train"].update(epochs=1, tta_flip=True)
+    train(tiny_config, data_dir=str(tiny_data), out=str(tmp_path), quiet=False)
+    assert "warning: train.tta_flip averages in mirrored test images" in capsys.readouterr().err
+    tiny_config["augment"] = {"flip": 0.5}
+    train(tiny_config, data_dir=str(tiny_data), out=str(tmp_path), quiet=False)
+    assert "tta_flip" not in capsys.readouterr().err
