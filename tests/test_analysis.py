@@ -215,6 +215,17 @@ def test_train_cli_plots_unless_told_not_to(tiny, tmp_path):
     assert (second / "plots" / "curves.png").exists()
 
 
+def test_train_cli_takes_the_data_set_kind_as_an_option(tiny, tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(fashionlab.config.dumps({**CONFIG, "data": {"val": "first:50"},
+                                             "train": {"epochs": 1}}))
+    args = ["train", str(spec), "--data-dir", str(tiny["data"]), "--out", str(tmp_path), "-q",
+            "--no-plots"]
+    assert main(args) == 2  # the default, fashion-mnist, checks the files
+    assert "do not match the SHA-256 of Fashion-MNIST" in capsys.readouterr().err
+    assert main([*args, "--dataset", "any"]) == 0
+
+
 def test_numpy_engine_run_is_plotted_and_compared(tiny):
     pytest.importorskip("fashionlab.numpy_engine")
     config = copy.deepcopy(CONFIG)

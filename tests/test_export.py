@@ -97,3 +97,6 @@ def test_format_follows_the_suffix_and_may_not_contradict_it(conv_run, tmp_path,
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "model.bin").exists()
     assert main(["export", str(conv_run), "--format", "onnx",
                  "-o", str(tmp_path / "model.bin")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(conv_run), "-q", "-o", str(tmp_path / "q.onnx")]) == 0
+    assert capsys.readouterr().out == "" and (tmp_path / "q.onnx").stat().st_size > 1000

@@ -163,8 +163,10 @@ def test_rerun_resumes_and_show_writes_best_recipe(files, tiny_data, tmp_path, c
     args = ["sweep", str(recipe), "--space", str(space), "--study", "tiny", "--out", str(out),
             "--data-dir", str(tiny_data), "--pruner", "none", "--epochs", "1"]
     assert main([*args, "--trials", "2"]) == 0
+    assert "trial" in capsys.readouterr().err
     assert main([*args, "--trials", "2"]) == 0  # already done: no new trial
-    assert main([*args, "--trials", "3"]) == 0  # one more
+    assert main([*args, "--trials", "3", "--quiet"]) == 0  # one more
+    assert capsys.readouterr().err == ""
     journal = str(out / "study.journal")
     study = optuna.load_study(study_name="tiny", storage=sweep.open_storage(journal, out))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3

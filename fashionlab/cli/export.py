@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("onnx", "torchscript"),
                    help="default: from FILE's suffix, .onnx or .pt (.pth, .ts) for TorchScript")
     p.add_argument("-o", "--out", metavar="FILE", required=True, help="file to write")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
 
 
@@ -21,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from fashionlab import export
 
     out = export.export(args.run, args.out, args.format)
+    if args.quiet:
+        return 0
     fmt = export.file_format(out, args.format)
     extra = f", opset {export.OPSET}" if fmt == "onnx" else ""
     print(f"wrote {out} ({fmt}{extra}, {out.stat().st_size / 1024:.0f} KiB)")

@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "SWEEP_FOLDER/history.png, or STUDY-history.png here)")
     p.add_argument("--write-recipe", metavar="FILE",
                    help="show: write the best trial's config as a recipe TOML")
+    p.add_argument("--quiet", "-q", action="store_true", help="no line per trial")
     add_data_dir(p)
     p.set_defaults(func=run)
 
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     study = sweep.sweep(args.words[0], args.space, args.trials, epochs=args.epochs,
                         storage=args.storage, study=args.study, out=args.out,
                         data_dir=args.data_dir, pruner=args.pruner,
-                        log=lambda line: print(line, file=sys.stderr, flush=True))
+                        log=(lambda line: None) if args.quiet else
+                        lambda line: print(line, file=sys.stderr, flush=True))
     print(sweep_results.show(study, args.top))
     return 0
 

@@ -14,7 +14,7 @@ from fashionlab.hardware import DEVICES
 FLAGS = {  # option -> config key
     "epochs": "train.epochs", "batch_size": "train.batch_size", "optimizer": "train.optimizer",
     "lr": "train.lr", "val": "data.val", "seed": "train.seed", "precision": "train.precision",
-    "engine": "train.engine",
+    "engine": "train.engine", "dataset": "data.dataset",
 }
 
 
@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--engine", choices=["torch", "numpy"])
+    p.add_argument("--dataset", choices=["fashion-mnist", "any"],
+                   help="any: other IDX/CSV data, unverified (same as --set data.dataset=any)")
     p.add_argument("--device", choices=DEVICES, help="where to train (default: "
                    "$FASHIONLAB_DEVICE, else auto: the GPU when PyTorch sees one)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
