@@ -262,7 +262,9 @@ def load(data_dir: str | Path | None = None, dataset: str = "fashion-mnist") -> 
     if source == "download cache" and not _find_idx(folder, "t10k-labels-idx1-ubyte"):
         download(folder)
     if not folder.is_dir():
-        raise DataError(f"data folder {folder} ({source}) does not exist")
+        raise DataError(f"data folder {folder} ({source}) "
+                        + ("is a file: name the folder that holds the data files"
+                           if folder.exists() else "does not exist"))
     hashes: dict[str, str] = {}
     csvs = sorted(p.name for p in folder.glob("*.csv"))
     idx = _find_idx(folder, "train-images-idx3-ubyte")

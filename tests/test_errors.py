@@ -91,6 +91,9 @@ CASES = [
     # -- data files -------------------------------------------------------------------------
     ("data folder missing", lambda t: info(t / "nope"), r"data folder .*/nope \(--data-dir\) "
      r"does not exist"),
+    ("data folder is a file", lambda t: info(_a_file(t)),
+     r"data folder .*/notes\.txt \(--data-dir\) is a file: name the folder that holds the data "
+     r"files$"),
     ("data file missing", lambda t: info(
         _unlink(idx_set(t) / "t10k-labels-idx1-ubyte")),
      r"/data: missing t10k-labels-idx1-ubyte\[\.gz\]$"),
@@ -329,6 +332,11 @@ def _bad_history(tmp: Path) -> Path:
 def _into_run(tmp: Path, command: str, name: str) -> list[str]:
     run = fake_run(tmp, "finished")
     return [command, str(run), "-o", str(run / name)]
+
+
+def _a_file(tmp: Path) -> Path:
+    (tmp / "notes.txt").write_text("not data")
+    return tmp / "notes.txt"
 
 
 def _csv_as_fashion(tmp: Path) -> list[str]:
