@@ -245,17 +245,9 @@ def _objective(study, n: int, base: dict, space: list[Param], folder: Path,
         trial.set_user_attr("run", str(run_dir.resolve()))
         run = load_run(run_dir)
         trial.set_user_attr("test_accuracy", run.metrics["test_accuracy"])  # for show only
-        return final_val_accuracy(run)
+        return run.metrics["val_accuracy"]  # of the weights the run kept, whatever monitored
 
     return objective
-
-
-def final_val_accuracy(run) -> float:
-    """Validation accuracy of the weights the run kept (its best epoch if it restored it)."""
-    train_cfg = run.config["train"]
-    if train_cfg.get("patience") and train_cfg.get("restore_best") and run.history:
-        return max(r["val_accuracy"] for r in run.history)
-    return run.metrics["val_accuracy"]
 
 
 def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: int | None = None,

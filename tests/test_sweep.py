@@ -17,6 +17,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+import fashionlab  # noqa: E402
 from fashionlab import config as cfg  # noqa: E402
 from fashionlab import sweep  # noqa: E402
 from fashionlab.cli import main  # noqa: E402
@@ -190,6 +191,21 @@ def test_another_config_under_the_same_study_is_refused(files, tiny_data, tmp_pa
     sweep.sweep(str(recipe), space, 1, epochs=1, **common)
     with pytest.raises(UserError, match="started with another config"):
         sweep.sweep(str(recipe), space, 2, epochs=2, **common)
+
+
+def test_a_trial_scores_the_weights_it_kept_whatever_early_stopping_monitors(files, tiny_data,
+                                                                           tmp_path):
+    """Under monitor = "val_loss" the kept epoch is the lowest-loss one, not the most
+    accurate: the objective is the kept weights' accuracy (it was the history's maximum)."""
+    recipe, space = files
+    recipe.write_text(TINY.replace("epochs = 2", 'epochs = 12\npatience = 20\n'
+                                   'monitor = "val_loss"'))
+    space.write_text('train.lr = { type = "categorical", choices = [0.008] }\n')
+    study = sweep.sweep(str(recipe), space, 1, out=str(tmp_path / "sw"), pruner="none",
+                        data_dir=str(tiny_data), log=lambda line: None)
+    run = fashionlab.load_run(study.trials[0].user_attrs["run"])
+    assert study.trials[0].value == run.metrics["val_accuracy"]
+    assert study.trials[0].value < max(r["val_accuracy"] for r in run.history)  # they differ
 
 
 def test_sweep_needs_a_validation_split(files):
