@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from fashionlab import config as cfg
-from fashionlab import runs, stats
+from fashionlab import runs, signals, stats
 from fashionlab.errors import UserError
 
 
@@ -103,6 +103,7 @@ def _train_group(group: Path, summary: dict, quiet: bool, force: bool = False) -
         if seed in done:
             continue
         try:
+            signals.raise_pending(f"after the run before seed {seed}")
             if seed in started and runs.read_info(started[seed]).get("state") == "finished":
                 path = started[seed]
             elif seed in started:

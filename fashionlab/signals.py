@@ -9,6 +9,10 @@ checkpoint too, for a saving of at most one epoch.
 
 A second signal raises at once: the atomic writes in `runs` delete their temporary file and
 leave the previous checkpoint untouched, so even an impatient user cannot corrupt it.
+
+A signal that lands after a run's last check (its last validation pass or checkpoint) lets
+the run finish, and is kept as pending: commands that train run after run (seed groups,
+sweeps) call `raise_pending` before the next one, so the signal still stops them.
 """
 
 from __future__ import annotations
@@ -62,9 +66,30 @@ def graceful() -> Iterator[Flag]:
     previous = {s: signal.signal(s, handle) for s in HANDLED}
     try:
         yield flag
+    except BaseException:
+        raise
+    else:
+        if flag.signum is not None:  # caught, but the loop had no step left to stop at
+            _pending.append(flag.signum)
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+_pending: list[int] = []
+
+
+def raise_pending(where: str) -> None:
+    """Raise `Interrupted` for a signal a finished run caught too late to stop at."""
+    if _pending:
+        signum = _pending.pop()
+        _pending.clear()
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} {where}")
+
+
+def clear_pending() -> None:
+    """A new command starts with none (a finished single run's late signal stops nothing)."""
+    _pending.clear()
 
 
 def guarded(run_dir: Path, fit: Callable[[Flag], None]) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionlab import config as cfg
+from fashionlab import signals
 from fashionlab.errors import DivergedError, SpecError, UserError
 
 KINDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"),
@@ -142,6 +143,9 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
+    # Optuna's own log: INFO per trial, and a warning with a traceback for every failed or
+    # surplus trial; the sweep prints its own line per trial, and errors in one line.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if spec and spec.startswith(("postgresql://", "postgresql+psycopg2://")):
         url = spec.replace("postgresql://", "postgresql+psycopg2://", 1)  # SQLAlchemy 2.1
         try:  # would pick psycopg 3, which the sweep extra does not install
@@ -154,6 +158,7 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
         if not writer and not Path(spec.removeprefix("sqlite:///")).exists():
             raise UserError(f"no sweep database at {spec}")
         if writer:
+            Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             print("note: SQLite storage serves one worker only (concurrent writers fail with "
                   "'database is locked'); use a journal file or PostgreSQL for several",
                   file=sys.stderr)
@@ -174,7 +179,6 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {path.parent}: {e.strerror}") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
@@ -296,6 +300,7 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
         mine = [t for t in the_study.get_trials(deepcopy=False)
                 if t.user_attrs.get("pid") == os.getpid()]
         log(_trial_line(mine[-1]))
+        signals.raise_pending(f"after trial {mine[-1].number}")
     return the_study
 
 

@@ -357,6 +357,45 @@ def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data
     assert runs.load_run(run).metrics["epochs_run"] == tiny_config["train"]["epochs"]
 
 
+def test_a_signal_after_a_runs_last_step_stops_the_seed_group_before_the_next_seed(
+        tiny_config, tiny_data, tmp_path, capsys, monkeypatch):
+    """SIGINT during seed 1's last validation pass: seed 1 finishes (nothing left to stop),
+    and the group stops before seed 2 instead of dropping the signal."""
+    real = train_module.train
+    last = tiny_config["train"]["epochs"]
+
+    def late_signal(run_dir, epoch, row):
+        if epoch == last:
+            signal.raise_signal(signal.SIGINT)
+
+    def late_in_seed_1(config, flags=None, **kwargs):
+        hooks = [late_signal] if flags == {"train.seed": 1} else []
+        return real(config, flags=flags, hooks=hooks, **kwargs)
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(cfg.dumps(tiny_config))
+    monkeypatch.setattr(train_module, "train", late_in_seed_1)
+    assert main(["train", str(spec), "--seeds", "1,2", "--data-dir", str(tiny_data), "--out",
+                 str(tmp_path / "g"), "-q", "--no-plots"]) == 130
+    group = only_run(tmp_path / "g")
+    assert capsys.readouterr().err.endswith(
+        "interrupted by SIGINT after the run before seed 2; resume with: fashionlab train "
+        f"--resume {group}\n")
+    assert [r["seed"] for r in json.loads((group / "group.json").read_text())["runs"]] == [1]
+    assert [runs.read_info(p)["state"] for p in group.iterdir() if p.is_dir()] == ["finished"]
+
+
+def test_a_signal_caught_too_late_is_pending_until_asked_for():
+    with signals.graceful() as flag:
+        signal.raise_signal(signal.SIGTERM)
+    assert flag.signum == signal.SIGTERM
+    with pytest.raises(signals.Interrupted) as stop:
+        signals.raise_pending("after trial 3")
+    assert stop.value.exit_code == 143 and str(stop.value) == (
+        "interrupted by SIGTERM after trial 3")
+    signals.raise_pending("again")  # consumed: nothing left to raise
+
+
 def test_a_stopped_seed_group_resumes(tiny_config, tiny_data, tmp_path, capsys, monkeypatch):
     """Ctrl-C in seed 2 of three: --resume GROUP keeps seed 1, resumes seed 2's own folder and
     trains seed 3, and seed 2 ends as an unbroken run of it would."""

@@ -208,6 +208,35 @@ def test_a_trial_scores_the_weights_it_kept_whatever_early_stopping_monitors(fil
     assert study.trials[0].value < max(r["val_accuracy"] for r in run.history)  # they differ
 
 
+def test_ctrl_c_in_a_trial_says_to_rerun_the_sweep(files, tiny_data, tmp_path, capsys,
+                                                   monkeypatch):
+    import fashionlab.train as train_module
+
+    real = train_module.train
+
+    def ctrl_c(run_dir, epoch, row):
+        if epoch == 2:  # the last: the run finishes, and the sweep stops before the next
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "train",
+                        lambda *a, hooks=(), **k: real(*a, hooks=[*hooks, ctrl_c], **k))
+    recipe, space = files
+    out = tmp_path / "sw"
+    args = ["sweep", str(recipe), "--space", str(space), "--trials", "2", "--out", str(out),
+            "--data-dir", str(tiny_data), "--pruner", "none"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("interrupted by SIGINT after trial 0; resume with: fashionlab "
+                        f"sweep {recipe} --space {space} --trials 2 --out {out} --data-dir "
+                        f"{tiny_data} --pruner none\n")
+    assert "Traceback" not in err and err.count("\n") == 2  # the trial's line, then this
+    monkeypatch.undo()
+    assert main(args) == 0
+    study = optuna.load_study(study_name="tiny-space",
+                              storage=sweep.open_storage(str(out / "study.journal"), out))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
 def test_sweep_needs_a_validation_split(files):
     recipe, space = files
     recipe.write_text(TINY.replace('val = "first:50"', 'val = "none"'))

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from fashionlab import signals
+
+    signals.clear_pending()
     try:
         return args.func(args) or 0
     except UserError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,13 +52,28 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("a sweep needs --space FILE and --trials N")
     from fashionlab import sweep, sweep_results
 
-    study = sweep.sweep(args.words[0], args.space, args.trials, epochs=args.epochs,
-                        storage=args.storage, study=args.study, out=args.out,
-                        data_dir=args.data_dir, pruner=args.pruner,
-                        log=(lambda line: None) if args.quiet else
-                        lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        study = sweep.sweep(args.words[0], args.space, args.trials, epochs=args.epochs,
+                            storage=args.storage, study=args.study, out=args.out,
+                            data_dir=args.data_dir, pruner=args.pruner,
+                            log=(lambda line: None) if args.quiet else
+                            lambda line: print(line, file=sys.stderr, flush=True))
+    except KeyboardInterrupt as e:  # the study resumes, not the trial's run: rerun the sweep
+        e.resume_command = "fashionlab " + shlex.join(_argv(args))
+        raise
     print(sweep_results.show(study, args.top))
     return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line that goes on with this sweep."""
+    out = ["sweep", args.words[0], "--space", args.space, "--trials", str(args.trials)]
+    for flag, value in (("--epochs", args.epochs), ("--storage", args.storage),
+                        ("--study", args.study), ("--out", args.out),
+                        ("--data-dir", args.data_dir)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--pruner", args.pruner] if args.pruner != "median" else [])
 
 
 def _show(args: argparse.Namespace, name: str | None) -> int:
