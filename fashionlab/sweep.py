@@ -158,7 +158,7 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
         if not writer and not Path(spec.removeprefix("sqlite:///")).exists():
             raise UserError(f"no sweep database at {spec}")
         if writer:
-            Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(Path(spec.removeprefix("sqlite:///")).parent)
             print("note: SQLite storage serves one worker only (concurrent writers fail with "
                   "'database is locked'); use a journal file or PostgreSQL for several",
                   file=sys.stderr)
@@ -175,11 +175,15 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
         raise UserError(f"--storage {path} is a folder: name the journal file to keep the study in")
     if not writer and not path.exists():  # reading: a typo must not leave an empty journal
         raise UserError(f"no sweep journal at {path}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {path.parent}: {e.strerror}") from None
+    _make_folder(path.parent)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {folder}: {e.strerror}") from None
 
 
 def _fail_stale(study) -> None:

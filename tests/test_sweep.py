@@ -92,11 +92,14 @@ def test_storage_choices(tmp_path, capsys):
         "locked'); use a journal file or PostgreSQL for several\n")
     sweep.open_storage(f"sqlite:///{tmp_path}/s.db", tmp_path, writer=False)  # `sweep show`
     assert capsys.readouterr().err == ""
-    with pytest.raises(UserError, match=r"^cannot open the study database sqlite:///.*/no/s\.db: "):
-        sweep.open_storage(f"sqlite:///{tmp_path}/no/s.db", tmp_path)
-    capsys.readouterr()
     with pytest.raises(UserError, match=r"^no sweep database at sqlite:///.*/no/s\.db$"):
         sweep.open_storage(f"sqlite:///{tmp_path}/no/s.db", tmp_path, writer=False)
+    sweep.open_storage(f"sqlite:///{tmp_path}/no/s.db", tmp_path)  # a new folder is made
+    assert (tmp_path / "no").is_dir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"^cannot create .*/afile: File exists$"):
+        sweep.open_storage(f"sqlite:///{tmp_path}/afile/s.db", tmp_path)
+    capsys.readouterr()
     with pytest.raises(UserError, match=r"is a folder: name the journal file"):
         sweep.open_storage(str(tmp_path), tmp_path)
     with pytest.raises(UserError, match=r"^no sweep journal at .*/typo\.journal$"):
