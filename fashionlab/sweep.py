@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionlab import config as cfg
-from fashionlab import signals
+from fashionlab import data, signals
 from fashionlab.errors import DivergedError, SpecError, UserError
 
 KINDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"),
@@ -281,14 +281,21 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
     the_study = optuna.create_study(study_name=name, storage=store, direction="maximize",
                                     pruner=pruners[pruner](), load_if_exists=True)
     recorded = the_study.user_attrs.get("config")
+    searched = json.loads(json.dumps([vars(p) | {"choices": list(p.choices)} for p in space]))
+    images = str(data.source_dir(data_dir)[1].resolve())
     if recorded is None:
         the_study.set_user_attr("config", cfg.dumps(base))
-        the_study.set_user_attr("space", [vars(p) | {"choices": list(p.choices)}
-                                          for p in space])
+        the_study.set_user_attr("space", searched)
+        the_study.set_user_attr("data", images)
         the_study.set_user_attr("folder", str(folder.resolve()))
-    elif cfg.digest(cfg.parse_toml(recorded, name)) != cfg.digest(base):
-        raise UserError(f"study {name!r} was started with another config; give --study NAME "
-                        "for a new study (sweeps never mix experiments)")
+    else:
+        other = [what for what, differs in (
+            ("config", cfg.digest(cfg.parse_toml(recorded, name)) != cfg.digest(base)),
+            ("search space", the_study.user_attrs.get("space") != searched),
+            ("data folder", the_study.user_attrs.get("data", images) != images)) if differs]
+        if other:
+            raise UserError(f"study {name!r} was started with another {' and '.join(other)}; "
+                            "give --study NAME for a new study (sweeps never mix experiments)")
     objective = _objective(the_study, trials, base, space, folder, data_dir)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     while True:

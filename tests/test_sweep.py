@@ -192,8 +192,16 @@ def test_another_config_under_the_same_study_is_refused(files, tiny_data, tmp_pa
     common = dict(storage=None, study="tiny", out=str(tmp_path / "sw"), data_dir=str(tiny_data),
                   log=lambda _: None)
     sweep.sweep(str(recipe), space, 1, epochs=1, **common)
-    with pytest.raises(UserError, match="started with another config"):
+    with pytest.raises(UserError, match="started with another config;"):
         sweep.sweep(str(recipe), space, 2, epochs=2, **common)
+    other_space = tmp_path / "other.toml"
+    other_space.write_text(SPACE.replace("high = 24", "high = 32"))
+    with pytest.raises(UserError, match="started with another search space;"):
+        sweep.sweep(str(recipe), other_space, 2, epochs=1, **common)
+    other_data = shutil.copytree(tiny_data, tmp_path / "copy")
+    with pytest.raises(UserError, match="started with another data folder;"):
+        sweep.sweep(str(recipe), space, 2, epochs=1, **{**common, "data_dir": str(other_data)})
+    sweep.sweep(str(recipe), space, 2, epochs=1, **common)  # the same experiment goes on
 
 
 def test_a_trial_scores_the_weights_it_kept_whatever_early_stopping_monitors(files, tiny_data,
