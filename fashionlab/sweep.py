@@ -141,7 +141,7 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
     one line, when SQLite limits the study to one worker."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
     # Optuna's own log: INFO per trial, and a warning with a traceback for every failed or
     # surplus trial; the sweep prints its own line per trial, and errors in one line.
@@ -176,7 +176,33 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
     if not writer and not path.exists():  # reading: a typo must not leave an empty journal
         raise UserError(f"no sweep journal at {path}")
     _make_folder(path.parent)
-    return JournalStorage(JournalFileBackend(str(path)))
+    lock = JournalFileSymlinkLock(str(path))  # Optuna's own default, shared with the mend
+    if writer:
+        _mend_journal(path, lock)
+    try:
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+    except ValueError as e:  # json's errors among them: a line that is not a record
+        raise UserError(f"{path} is not a readable sweep journal ({e})") from None
+
+
+def _mend_journal(path: Path, lock) -> None:
+    """A crash or a full disk mid-append leaves a last line without its newline. Optuna's
+    readers skip it, but the next append would join it to a good record and leave a journal
+    no reader opens: cut it first, under the lock the writers take."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+        print(f"note: {path}: cut a torn last record (a crash or a full disk mid-write)",
+              file=sys.stderr)
+    finally:
+        lock.release()
 
 
 def _make_folder(folder: Path) -> None:

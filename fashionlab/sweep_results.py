@@ -19,6 +19,8 @@ def load_study(name: str | None, storage: str):
 
     store = open_storage(storage, Path("."), writer=False)
     names = optuna.get_all_study_names(store)
+    if not names and "://" not in storage and Path(storage).stat().st_size:
+        raise UserError(f"{storage} is not a readable sweep journal (no study in its lines)")
     if name is None:
         if len(names) != 1:
             raise UserError(f"name the study: the storage holds {', '.join(names) or 'none'}")

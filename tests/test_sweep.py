@@ -248,6 +248,27 @@ def test_ctrl_c_in_a_trial_says_to_rerun_the_sweep(files, tiny_data, tmp_path, c
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
+def test_a_journal_torn_by_a_crash_is_mended_by_the_next_writer(files, tiny_data, tmp_path,
+                                                                capsys):
+    recipe, space = files
+    out = tmp_path / "sw"
+    args = ["sweep", str(recipe), "--space", str(space), "--out", str(out), "--data-dir",
+            str(tiny_data), "--pruner", "none", "--epochs", "1", "-q"]
+    assert main([*args, "--trials", "1"]) == 0
+    journal = out / "study.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-37])  # the last record's tail never reached the disk
+    capsys.readouterr()
+    assert main([*args, "--trials", "2"]) == 0
+    assert f"note: {journal}: cut a torn last record" in capsys.readouterr().err
+    study = optuna.load_study(study_name="tiny-space",
+                              storage=sweep.open_storage(str(journal), out, writer=False))
+    assert len([t for t in study.trials if t.state in FINISHED]) == 2
+    (tmp_path / "notes.journal").write_text("hello\n")
+    assert main(["sweep", "show", "--storage", str(tmp_path / "notes.journal")]) == 2
+    assert "notes.journal is not a readable sweep journal" in capsys.readouterr().err
+
+
 def test_sweep_needs_a_validation_split(files):
     recipe, space = files
     recipe.write_text(TINY.replace('val = "first:50"', 'val = "none"'))
