@@ -335,7 +335,8 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
         for step in range(steps):
             if interrupt.signum is not None:  # drop the partial epoch; the last one is saved
                 raise interrupt.error(f"during epoch {epoch} (last saved: epoch {loop.epoch})")
-            idx = perm[step * batch:(step + 1) * batch if step + 1 < steps else n][rank::world]
+            whole = perm[step * batch:(step + 1) * batch if step + 1 < steps else n]
+            idx = whole[rank::world]
             x = t.x_train[idx].float()
             y = t.y_train[idx]
             if augmenting:
@@ -345,7 +346,10 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
                 z = model(x)
             loss = F.cross_entropy(z.float(), y, label_smoothing=smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if world > 1:  # DDP averages the ranks' gradients: weigh each by its batch share
+                (loss * (len(idx) * world / len(whole))).backward()
+            else:
+                loss.backward()
             if penalties:
                 loss = loss.detach() + models.add_penalty_grads(net)
             opt_step()

@@ -90,6 +90,23 @@ def test_two_ranks_match_one_process(real_subset, tmp_path):
         assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.005)
 
 
+@pytest.mark.slow
+def test_two_ranks_take_one_process_steps_when_a_batch_splits_unevenly(tiny_data, tmp_path):
+    """Batches of 63 (shards of 32 and 31): each rank's loss weighs in by its share of the
+    batch, so the steps are one process's to float rounding (equal weights were 3e-3 off)."""
+    spec = tmp_path / "fc.toml"
+    spec.write_text(FC.replace('val = "first:2000"', 'val = "first:50"')
+                    .replace("batch_size = 64", "batch_size = 63"))
+    one = load_run(train(str(spec), data_dir=str(tiny_data), out=str(tmp_path / "one"),
+                         quiet=True))
+    done = torchrun(2, str(spec), "--data-dir", str(tiny_data), "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = load_run(next((tmp_path / "two").iterdir()))
+    for a, b in zip(one.history, two.history, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+
+
 def test_divergence_stops_every_rank(tiny_data, tmp_path):
     spec = tmp_path / "fc.toml"
     spec.write_text(FC.replace('val = "first:2000"', 'val = "first:50"'))
