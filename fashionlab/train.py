@@ -201,9 +201,21 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
             "data": data.provenance(ds)})
     else:
         runs.update_info(run_dir, state="running", reason="resumed", pid=os.getpid())
-    signals.guarded(run_dir, lambda interrupt: _fit(
-        net, config, tensors, run_dir, dev, precision, channels_last, quiet, hooks,
-        resume is not None, interrupt))
+    world = distributed.rank_world()[1]
+    if resume is not None and run.info.get("world_size", 1) != world:
+        print(f"warning: {run_dir} trained as {run.info.get('world_size', 1)} process(es) and "
+              f"resumes as {world}: its steps match an unbroken run's to float rounding only",
+              file=sys.stderr)
+        runs.update_info(run_dir, resumed_world_size=world)
+    try:
+        signals.guarded(run_dir, lambda interrupt: _fit(
+            net, config, tensors, run_dir, dev, precision, channels_last, quiet, hooks,
+            resume is not None, interrupt))
+    except KeyboardInterrupt as e:  # resumed as it ran: by as many processes
+        if world > 1:
+            e.resume_command = (f"torchrun --nproc-per-node {world} -m fashionlab train "
+                                f"--resume {run_dir} --distributed")
+        raise
     return run_dir
 
 

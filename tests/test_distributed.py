@@ -119,6 +119,40 @@ def test_divergence_stops_every_rank(tiny_data, tmp_path):
     assert info["state"] == "diverged" and "diverged" in info["reason"]
 
 
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_names_the_torchrun_command_that_resumes(tiny_data, tmp_path,
+                                                                       capsys):
+    import os
+    import signal
+    import time
+
+    spec = tmp_path / "fc.toml"
+    spec.write_text(FC.replace('val = "first:2000"', 'val = "first:50"')
+                    .replace("epochs = 2", "epochs = 100000"))
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "2", "-m", "fashionlab", "train", str(spec),
+                             "--data-dir", str(tiny_data), "--out", str(tmp_path / "two"),
+                             "--distributed", "--quiet", "--no-plots"],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("two/*/checkpoint.safetensors")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (run,) = (tmp_path / "two").iterdir()
+    assert (f"resume with: torchrun --nproc-per-node 2 -m fashionlab train --resume {run} "
+            "--distributed") in err
+    assert main(["train", "--resume", str(run), "-q", "--epochs", "3", "--force"]) == 0
+    assert (f"warning: {run} trained as 2 process(es) and resumes as 1: its steps match an "
+            "unbroken run's to float rounding only") in capsys.readouterr().err
+    assert json.loads((run / "run.json").read_text())["resumed_world_size"] == 1
+
+
 def test_torchrun_without_distributed_is_refused(monkeypatch, capsys):
     """Two processes each training the whole model alone, into two run folders, is never
     what `torchrun ... train` meant."""
