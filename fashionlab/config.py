@@ -339,9 +339,14 @@ def resolve(source: str | dict | None, flags: dict | None = None,
     return config
 
 
-def check_optimizer(train: dict) -> None:
-    """Keys an optimizer has no use for are refused, not recorded and silently ignored; a
-    config about to train is checked (a finished run's saved config still loads)."""
+def check_train(train: dict) -> None:
+    """What no single key can check, for a config about to train (a finished run's saved
+    config still loads): keys its optimizer has no use for are refused, not recorded and
+    silently ignored, and a warm-up must end before training does."""
+    if train["warmup_epochs"] >= train["epochs"]:
+        raise SpecError(f"train.warmup_epochs ({train['warmup_epochs']:g}) must be below "
+                        f"train.epochs ({train['epochs']}): the learning rate would never "
+                        "reach its peak")
     name = train["optimizer"]
     if train["momentum"] and name in ("adam", "adamw"):
         raise SpecError(f"train.momentum does nothing for {name} (its betas play that part): "

@@ -101,6 +101,8 @@ def _param(key: str, spec: dict) -> Param:
         raise SpecError(f"bad sweep space: {key}: low ({low}) must be below high ({high})")
     if log and (low <= 0 or step is not None):
         raise SpecError(f"bad sweep space: {key}: a log range needs low > 0 and no step")
+    if step is not None and not 0 < step <= high - low:
+        raise SpecError(f"bad sweep space: {key}: step must lie in (0, high - low], got {step}")
     return Param(key, kind, low, high, bool(log), step)
 
 
@@ -117,6 +119,7 @@ def read_space(path: str | Path, base: dict | None = None) -> list[Param]:
         for value in param.samples():
             try:
                 resolved = cfg.resolve(base, overrides=[override(param.key, value)])
+                cfg.check_train(resolved["train"])
                 _check_model(resolved)
             except SpecError as e:
                 raise SpecError(f"bad sweep space: {param.key} = {value!r}: {e}") from None

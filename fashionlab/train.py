@@ -141,7 +141,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     else:
         config = cfg.resolve(source, flags, overrides)
     train_cfg = config["train"]
-    cfg.check_optimizer(train_cfg)
+    cfg.check_train(train_cfg)
     if train_cfg["engine"] == "numpy":
         from fashionlab import numpy_engine
 
@@ -175,10 +175,6 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     tensors = to_tensors(ds, config["data"]["val"], seed, dev)
     if len(tensors.y_val) == 0 and train_cfg["patience"]:
         raise UserError("early stopping (train.patience) needs a validation split")
-    if train_cfg["warmup_epochs"] >= train_cfg["epochs"]:
-        raise UserError(f"train.warmup_epochs ({train_cfg['warmup_epochs']:g}) must be below "
-                        f"train.epochs ({train_cfg['epochs']}): the learning rate would never "
-                        "reach its peak")
     resources.check(net, config, run_dir if resume else runs.parent(out), dev,
                     len(tensors.y_test))
     if not distributed.is_main():  # the other ranks train in step with rank 0

@@ -63,6 +63,13 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
     ('model.layers.7.units = { type = "int", low = 8, high = 16 }', "no layer 7"),
     ('train.optimizer = { type = "categorical", choices = ["adam", "lion"] }', "'lion'"),
     ('train.optimizer = { type = "categorical", choices = [] }', "non-empty list"),
+    ('train.warmup_epochs = { type = "float", low = 0.5, high = 3 }',
+     "train.warmup_epochs = 3: train.warmup_epochs (3) must be below train.epochs (2)"),
+    ('train.momentum = { type = "float", low = 0.1, high = 0.9 }', "does nothing for adam"),
+    ('train.lr = { type = "float", low = 0.001, high = 0.01, step = 0.1 }',
+     "step must lie in (0, high - low], got 0.1"),
+    ('model.layers.1.units = { type = "int", low = 8, high = 16, step = 0 }',
+     "step must lie in (0, high - low], got 0"),
     ("train.lr = 0.01", "must be a table"),
     ("", "names no keys"),
 ])

@@ -20,7 +20,7 @@ def check_builds(resolved: dict) -> None:
     """Build the model as `train` would, so that a bad layer is an error here too."""
     from fashionlab import config
 
-    config.check_optimizer(resolved["train"])
+    config.check_train(resolved["train"])
     if resolved["train"]["engine"] == "numpy":
         import numpy as np
 
