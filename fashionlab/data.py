@@ -286,12 +286,12 @@ def load(data_dir: str | Path | None = None, dataset: str = "fashion-mnist") -> 
     if dataset == "fashion-mnist" and not verified:
         if looks_like_mnist_digits(train_x):
             raise DataError(f"{folder}: these are MNIST handwritten digits, not Fashion-MNIST "
-                            "(data set 'any' takes them: --set data.dataset=any, or --dataset any "
-                            "for data info and baseline)")
+                            "(data set 'any' takes them: --dataset any, or data.dataset = "
+                            "\"any\" in a spec)")
         if hashes:
             raise DataError(f"{folder}: files do not match the SHA-256 of Fashion-MNIST "
-                            "(modified or another data set; data set 'any' takes them: --set "
-                            "data.dataset=any, or --dataset any for data info and baseline)")
+                            "(modified or another data set; data set 'any' takes them: "
+                            "--dataset any, or data.dataset = \"any\" in a spec)")
     classes = CLASSES if dataset == "fashion-mnist" else tuple(str(i) for i in range(10))
     return DataSet(train_x, train_y, test_x, test_y, source, folder, verified, classes, hashes)
 

@@ -121,7 +121,7 @@ CASES = [
      r"training labels: labels must lie in 0\.\.9, found 12\.\.12"),
     ("MNIST digits, not Fashion-MNIST", digits,
      r"these are MNIST handwritten digits, not Fashion-MNIST \(data set 'any' takes them: "
-     r"--set data\.dataset=any, or --dataset any for data info and baseline\)$"),
+     r"--dataset any, or data\.dataset = \"any\" in a spec\)$"),
     ("modified or other data set", lambda t: info(idx_set(t), "fashion-mnist"),
      r"files do not match the SHA-256 of Fashion-MNIST"),
     ("CSV without header", lambda t: csv_set(t, "1,2,3\n"),
