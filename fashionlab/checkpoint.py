@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fashionlab.runs import read_tensors, write_tensors
+from fashionlab.errors import RunError
+from fashionlab.runs import read_checkpoint, write_tensors
 
 FILE = "checkpoint.safetensors"
 
@@ -95,5 +96,9 @@ def load(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / FILE
     if not path.exists():
         return None
-    tensors, meta = read_tensors(path)
-    return unflatten(json.loads(meta["state"]), tensors)
+    tensors, state = read_checkpoint(path, "fashionlab-checkpoint", "fashionlab's torch engine")
+    try:
+        return unflatten(state, tensors)
+    except KeyError as e:
+        raise RunError(f"{path} is damaged (tensor {e} is missing); remove it to train the run "
+                       "again from epoch 1") from None

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from fashionlab import config as cfg
 from fashionlab import data, hardware, numpy_net, runs, signals
-from fashionlab.errors import DivergedError, SpecError, UserError
+from fashionlab.errors import DivergedError, SpecError
 from fashionlab.numpy_net import Net
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -74,10 +74,8 @@ def _save_checkpoint(run_dir: Path, net: Net, velocity: dict, rngs: dict, loop: 
 def _load_checkpoint(run_dir: Path, net: Net, velocity: dict, rngs: dict) -> dict | None:
     if not (run_dir / CHECKPOINT).exists():
         return None
-    arrays, meta = runs.read_tensors(run_dir / CHECKPOINT)
-    if meta.get("format") != "fashionlab-numpy-checkpoint":
-        raise UserError(f"{run_dir / CHECKPOINT} was not written by the numpy engine")
-    state = json.loads(meta["state"])
+    arrays, state = runs.read_checkpoint(run_dir / CHECKPOINT, "fashionlab-numpy-checkpoint",
+                                         "the numpy engine")
     for key, value in arrays.items():
         part, name = key.split(".", 1)
         (net.params if part == "model" else velocity)[name] = value

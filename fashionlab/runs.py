@@ -132,6 +132,18 @@ def write_tensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str
     _atomic(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
 
 
+def read_checkpoint(path: Path, fmt: str, writer: str) -> tuple[dict[str, np.ndarray], dict]:
+    """A checkpoint's tensors and its JSON state; any damage is one line naming the file."""
+    tensors, meta = read_tensors(path)
+    if meta.get("format") != fmt:
+        raise RunError(f"{path} was not written by {writer}")
+    try:
+        return tensors, json.loads(meta["state"])
+    except (KeyError, ValueError) as e:
+        raise RunError(f"{path} is damaged (its state is unreadable: {e}); remove it to train "
+                       "the run again from epoch 1") from None
+
+
 def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Safetensors holds no code, so reading a user's file cannot run anything."""
     from safetensors import SafetensorError, safe_open

@@ -346,6 +346,17 @@ def test_resume_on_another_kind_of_device(tiny_config, tiny_data, tmp_path, caps
     assert finished.info["resumed_on"] == f"cpu ({precision})"
 
 
+def test_a_checkpoint_with_damaged_state_is_one_line(tiny_config, tiny_data, tmp_path, capsys):
+    run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
+    path = run / "checkpoint.safetensors"
+    tensors, meta = runs.read_tensors(path)
+    runs.write_tensors(path, tensors, {**meta, "state": meta["state"][:-20]})  # bytes lost
+    assert main(["train", "--resume", str(run), "-q", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fashionlab: error: {path} is damaged (its state is unreadable: ")
+    assert err.endswith("remove it to train the run again from epoch 1\n") and err.count("\n") == 1
+
+
 def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data, tmp_path,
                                                           capsys):
     run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
