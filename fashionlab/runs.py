@@ -78,6 +78,14 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def remove_temporaries(run_dir: Path) -> None:
+    """Half-written files a kill -9 left mid-write (ours, and safetensors' own `.tmp*`):
+    never read, but a checkpoint's worth of disk each, so a resumed run removes them."""
+    for tmp in [*run_dir.glob(".*.tmp"), *run_dir.glob(".tmp*")]:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
 RUN_FILES = ("run.json", "config.toml", "metrics.json", "history.csv", "model.safetensors",
              "checkpoint.safetensors", "predictions.safetensors")
 

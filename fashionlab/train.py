@@ -197,6 +197,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
             "data": data.provenance(ds)})
     else:
         runs.update_info(run_dir, state="running", reason="resumed", pid=os.getpid())
+        runs.remove_temporaries(run_dir)
     world = distributed.rank_world()[1]
     if resume is not None and run.info.get("world_size", 1) != world:
         print(f"warning: {run_dir} trained as {run.info.get('world_size', 1)} process(es) and "

@@ -357,6 +357,16 @@ def test_a_checkpoint_with_damaged_state_is_one_line(tiny_config, tiny_data, tmp
     assert err.endswith("remove it to train the run again from epoch 1\n") and err.count("\n") == 1
 
 
+def test_resume_removes_what_a_kill_mid_write_left(tiny_config, tiny_data, tmp_path):
+    run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
+    left = [run / ".checkpoint.safetensors.k3j2h1.tmp", run / ".tmpa8Xz0q"]
+    for path in left:
+        path.write_bytes(b"\0" * 1000)
+    assert main(["train", "--resume", str(run), "-q", "--no-plots"]) == 0
+    assert not any(path.exists() for path in left)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
 def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data, tmp_path,
                                                           capsys):
     run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
