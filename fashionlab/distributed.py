@@ -85,7 +85,7 @@ def wrap(module: nn.Module, dev: torch.device) -> nn.Module:
     if dev.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces children in place
         return DistributedDataParallel(module, device_ids=[torch.cuda.current_device()])
-    return DistributedDataParallel(module, broadcast_buffers=False)
+    return DistributedDataParallel(module, forward_sync_buffers=False)  # averaged per epoch
 
 
 def sum_(*tensors: torch.Tensor) -> None:

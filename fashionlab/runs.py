@@ -224,7 +224,7 @@ def start(path: Path, config_toml: str, info: dict[str, Any]) -> None:
 
 def read_info(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((path / "run.json").read_text())
+        info = json.loads((path / "run.json").read_text())
     except FileNotFoundError:
         if (path / "group.json").is_file():
             raise RunError(f"{path} is a group of seed runs, not one run: name its runs, "
@@ -232,6 +232,10 @@ def read_info(path: Path) -> dict[str, Any]:
         raise RunError(f"{path} is not a fashionlab run folder (no run.json)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise RunError(f"{path}/run.json is unreadable ({e})") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{path}/run.json is unreadable (a JSON {type(info).__name__}, not an "
+                       "object)")
+    return info
 
 
 def machine(info: dict[str, Any]) -> str:

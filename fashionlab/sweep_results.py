@@ -7,6 +7,7 @@ best configuration as a recipe file.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 from fashionlab import config as cfg
@@ -46,12 +47,22 @@ def best_config(study) -> dict:
     return config
 
 
-def importances(study) -> dict[str, float]:
-    import optuna
+MIN_FOR_IMPORTANCE = 4  # complete trials
 
+
+def importances(study) -> dict[str, float]:
+    """Optuna's parameter importances; none below a few finished trials, where Optuna warns
+    that they come out equal and says nothing."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < MIN_FOR_IMPORTANCE:
+        return {}
     try:
-        return optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError):  # too few complete trials, or one value only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # one value only
         return {}
 
 

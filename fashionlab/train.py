@@ -173,6 +173,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     matmul_convs = convs.whole_input(net, train_cfg["conv"], dev)
     ds = data.load(data_dir, config["data"]["dataset"])
     tensors = to_tensors(ds, config["data"]["val"], seed, dev)
+    distributed.check_shards(len(tensors.y_train), train_cfg["batch_size"])  # before a folder
     if len(tensors.y_val) == 0 and train_cfg["patience"]:
         raise UserError("early stopping (train.patience) needs a validation split")
     resources.check(net, config, run_dir if resume else runs.parent(out), dev,
@@ -298,7 +299,6 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
     if n % batch == 1 and steps > 1 and any(isinstance(m, torch.nn.BatchNorm1d)
                                             for m in module.modules()):
         steps -= 1  # a lone last image joins the batch before: batch norm cannot take one
-    distributed.check_shards(n, batch)
     opt = optim.make_optimizer(module.parameters(), train_cfg)
     schedule = optim.make_schedule(opt, train_cfg, steps)
     opt_step = optim.stepper(opt)

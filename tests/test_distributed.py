@@ -107,6 +107,17 @@ def test_two_ranks_take_one_process_steps_when_a_batch_splits_unevenly(tiny_data
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_batch_too_small_for_the_ranks_is_refused_before_a_run_folder(tiny_data, tmp_path):
+    spec = tmp_path / "fc.toml"
+    spec.write_text(FC.replace('val = "first:2000"', 'val = "first:50"'))
+    done = torchrun(2, str(spec), "--data-dir", str(tiny_data), "--out", str(tmp_path / "two"),
+                    "--batch-size", "1")
+    assert done.returncode != 0
+    assert "2 ranks need at least 2 images per batch; batch size 1" in done.stderr
+    assert not (tmp_path / "two").exists()
+
+
 def test_divergence_stops_every_rank(tiny_data, tmp_path):
     spec = tmp_path / "fc.toml"
     spec.write_text(FC.replace('val = "first:2000"', 'val = "first:50"'))

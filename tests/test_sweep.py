@@ -399,3 +399,20 @@ def test_seeds_write_a_group_summary(files, tiny_data, tmp_path, capsys):
     assert summary["test_accuracy"] == pytest.approx(
         {"mean": statistics.mean(accs), "std": statistics.stdev(accs), "n": 2})
     assert f"{statistics.mean(accs):.4f} ± " in capsys.readouterr().out
+
+
+def test_show_refuses_what_it_cannot_do(files, tiny_data, tmp_path, capsys):
+    recipe, space = files
+    out = tmp_path / "sw"
+    space.write_text('train.lr = { type = "categorical", choices = [1e30] }\n')
+    recipe.write_text(TINY.replace("seed = 1", 'seed = 1\noptimizer = "sgd"'))
+    assert main(["sweep", str(recipe), "--space", str(space), "--trials", "1", "--out",
+                 str(out), "--data-dir", str(tiny_data), "-q"]) == 0  # the one trial diverged
+    show = ["sweep", "show", "--storage", str(out / "study.journal")]
+    capsys.readouterr()
+    assert main([*show, "--write-recipe", str(tmp_path / "best.toml")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "error: no trial of the study has finished: nothing to plot or write\n")
+    assert main([*show, "--top", "0"]) == 2
+    assert "--top must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "best.toml").exists()

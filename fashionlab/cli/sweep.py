@@ -13,6 +13,8 @@ from fashionlab.cli import add_data_dir
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="search hyperparameters with Optuna (or `sweep show STUDY`)",
+        usage="fashionlab sweep RECIPE --space FILE --trials N [options]\n"
+              "       fashionlab sweep show [STUDY] --storage PATH|URL [options]",
         description="Search recipe keys for the best validation accuracy; each trial is a "
         "run folder under the sweep folder. Start the same command on several processes or "
         "machines (same --storage) to share the work; rerun it to resume. "
@@ -85,9 +87,13 @@ def _show(args: argparse.Namespace, name: str | None) -> int:
         raise UserError("sweep show needs --storage (the sweep's journal file or database URL)")
     plot = runs.output_file(args.plot, runs.FIGURES) if args.plot else None
     recipe = runs.output_file(args.write_recipe, (".toml",)) if args.write_recipe else None
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
     study = results.load_study(name, args.storage)
     print(results.show(study, args.top))
     if not any(t.value is not None for t in study.trials):
+        if recipe or args.plot:
+            raise UserError("no trial of the study has finished: nothing to plot or write")
         return 0
     folder = Path(study.user_attrs.get("folder", "."))
     plot = plot or (
