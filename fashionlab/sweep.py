@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionlab import config as cfg
-from fashionlab import data, signals
+from fashionlab import data, runs, signals
 from fashionlab.errors import DivergedError, SpecError, UserError
 
 KINDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"),
@@ -241,6 +241,9 @@ def _fail_stale(study) -> None:
             stale = host == platform.node() and not _alive({"pid": pid, "host": host})
         if stale:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            run = Path(t.user_attrs.get("run", "")) / "run.json"
+            if t.user_attrs.get("run") and run.is_file():  # else it says running forever
+                runs.set_state(run.parent, "failed", "its sweep worker died")
 
 
 class Surplus(Exception):
@@ -252,7 +255,6 @@ def _objective(study, n: int, base: dict, space: list[Param], folder: Path,
     import optuna
     from optuna.trial import TrialState
 
-    from fashionlab.runs import load_run
     from fashionlab.train import StopRun, train
 
     def objective(trial) -> float:
@@ -280,7 +282,7 @@ def _objective(study, n: int, base: dict, space: list[Param], folder: Path,
         except DivergedError as e:
             raise optuna.TrialPruned(f"diverged: {e}") from None
         trial.set_user_attr("run", str(run_dir.resolve()))
-        run = load_run(run_dir)
+        run = runs.load_run(run_dir)
         trial.set_user_attr("test_accuracy", run.metrics["test_accuracy"])  # for show only
         return run.metrics["val_accuracy"]  # of the weights the run kept, whatever monitored
 

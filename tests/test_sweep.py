@@ -416,3 +416,23 @@ def test_show_refuses_what_it_cannot_do(files, tiny_data, tmp_path, capsys):
     assert main([*show, "--top", "0"]) == 2
     assert "--top must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "best.toml").exists()
+
+
+def test_a_dead_workers_trial_fails_and_so_does_its_runs_state(tmp_path):
+    import platform
+
+    from fashionlab import runs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "trials" / "run"
+    run.mkdir(parents=True)
+    runs.write_json(run / "run.json", {"state": "running", "pid": dead.pid})
+    study = optuna.create_study(storage=sweep.open_storage(None, tmp_path), study_name="s")
+    trial = study.ask()
+    for key, value in {"pid": dead.pid, "host": platform.node(), "run": str(run)}.items():
+        trial.set_user_attr(key, value)
+    sweep._fail_stale(study)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert runs.read_info(run)["state"] == "failed"
+    assert runs.read_info(run)["reason"] == "its sweep worker died"
