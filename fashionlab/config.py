@@ -42,6 +42,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dataset": "fashion-mnist",      # or "any": another 28x28 IDX/CSV set, unverified
         "val": "first:5000",             # first:N | last:F (Keras) | fraction:F | none
         "normalize": "scale",            # scale: x/255 | standard: (x/255-mean)/std | raw: 0..255
+        "classes": [],                   # names of labels 0..9 (default: Fashion-MNIST's)
     },
     "train": {
         "engine": "torch",               # torch | numpy (the from-scratch engine)

@@ -15,12 +15,12 @@ import math
 import os
 import urllib.request
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from fashionlab.errors import DataError
+from fashionlab.errors import DataError, SpecError
 
 CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -345,6 +345,25 @@ def normalizer(kind: str) -> tuple[float, float]:
     raise DataError(f"unknown normalisation {kind!r}: use scale, standard or raw")
 
 
+def class_names(data_cfg: dict) -> tuple[str, ...]:
+    """Names of the labels 0..9: the config's `data.classes`, else Fashion-MNIST's, else the
+    digits (another data set's names are for its user to give)."""
+    names = data_cfg.get("classes") or ()
+    if names:
+        if len(names) != 10 or not all(isinstance(n, str) and n.strip() for n in names):
+            raise SpecError(f"data.classes must name the 10 labels 0..9, got {list(names)!r}")
+        return tuple(names)
+    if data_cfg.get("dataset", "fashion-mnist") == "fashion-mnist":
+        return CLASSES
+    return tuple(str(i) for i in range(10))
+
+
+def for_config(data_dir: str | Path | None, data_cfg: dict) -> DataSet:
+    """The data set a config names, its classes named as the config says."""
+    names = class_names(data_cfg)
+    return replace(load(data_dir, data_cfg.get("dataset", "fashion-mnist")), classes=names)
+
+
 def provenance(ds: DataSet) -> dict:
     """What run.json keeps of a run's data: where it came from and the files' SHA-256, so a
     run is scored on its own files and runs on other data are never taken for seeds of one."""
@@ -357,13 +376,12 @@ def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> Data
     folder it recorded, which must still hold the same files: scoring a run on other images
     without being asked would put wrong numbers beside its own."""
     recorded = info.get("data", {})
-    dataset = config.get("data", {}).get("dataset", "fashion-mnist")
     if data_dir is not None or not recorded.get("path"):
-        return load(data_dir, dataset)
+        return for_config(data_dir, config.get("data", {}))
     if not Path(recorded["path"]).is_dir():
         raise DataError(f"this run's data folder {recorded['path']} is gone: name the data "
                         "with --data-dir")
-    ds = load(recorded["path"], dataset)
+    ds = for_config(recorded["path"], config.get("data", {}))
     if recorded.get("sha256", ds.files) != ds.files:
         raise DataError(f"the files in {recorded['path']} changed since this run trained "
                         "(SHA-256 differs): name the data with --data-dir")

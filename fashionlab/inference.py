@@ -31,8 +31,7 @@ class Trained:
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return data.CLASSES if self.config["data"]["dataset"] == "fashion-mnist" else tuple(
-            str(i) for i in range(10))
+        return data.class_names(self.config["data"])
 
     def logits(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28) in 0..255 -> float32 logits (N, 10) on the CPU."""

@@ -171,7 +171,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
     matmul_convs = convs.whole_input(net, train_cfg["conv"], dev)
-    ds = data.load(data_dir, config["data"]["dataset"])
+    ds = data.for_config(data_dir, config["data"])
     tensors = to_tensors(ds, config["data"]["val"], seed, dev)
     distributed.check_shards(len(tensors.y_train), train_cfg["batch_size"])  # before a folder
     if len(tensors.y_val) == 0 and train_cfg["patience"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_CONFIG, idx_bytes, write_idx_set
 from PIL import Image
 
@@ -155,6 +157,20 @@ def test_report_does_not_judge_overfitting_without_validation(tiny, tmp_path):
     html = report.build([run])
     assert "No validation split: nothing to judge overfitting by." in html
     assert "No sign of overfitting" not in html and "Best epoch" not in html
+
+
+def test_a_data_set_s_own_class_names_reach_every_output(tiny, tmp_path, capsys):
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    config = copy.deepcopy(CONFIG)
+    config["data"] = {**config["data"], "classes": names}
+    run = fashionlab.train(config, data_dir=str(tiny["data"]), out=str(tmp_path), quiet=True)
+    assert main(["evaluate", str(run)]) == 0
+    assert "  seven " in capsys.readouterr().out
+    assert main(["export", str(run), "-q", "-o", str(tmp_path / "m.pt")]) == 0
+    files = {"classes.txt": ""}
+    torch.jit.load(str(tmp_path / "m.pt"), _extra_files=files)
+    assert json.loads(files["classes.txt"]) == names
+    assert "<td class=l>nine</td>" in report.build([run])  # the per-class table
 
 
 def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):

@@ -152,6 +152,9 @@ CASES = [
      r"unknown key train\.lrate \(did you mean 'lr'\?\)"),
     ("wrong value type", lambda t: spec(t, {**TINY, "train": {"epochs": "ten"}}),
      r"train\.epochs must be an integer, got 'ten'"),
+    ("class names not ten", lambda t: spec(t, {**TINY, "data": {
+        **TINY["data"], "classes": ["cat", "dog"]}}),
+     r"data\.classes must name the 10 labels 0\.\.9, got \['cat', 'dog'\]$"),
     ("spec file missing", lambda t: ["train", str(t / "missing.toml")],
      r"cannot read .*missing\.toml: No such file or directory"),
     ("unknown recipe", lambda t: ["train", "weil-fx"],
