@@ -376,7 +376,9 @@ def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> Data
     folder it recorded, which must still hold the same files: scoring a run on other images
     without being asked would put wrong numbers beside its own."""
     recorded = info.get("data", {})
-    if data_dir is not None or not recorded.get("path"):
+    official = recorded.get("verified") and config.get("data", {}).get("dataset") != "any"
+    if data_dir is not None or not recorded.get("path") or (
+            official and not Path(recorded["path"]).is_dir()):  # found wherever it is here
         return for_config(data_dir, config.get("data", {}))
     if not Path(recorded["path"]).is_dir():
         raise DataError(f"this run's data folder {recorded['path']} is gone: name the data "

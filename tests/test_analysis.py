@@ -329,3 +329,18 @@ def test_confusion_percent_panel_and_its_colour_bar_share_a_unit():
     fig = plots.confusion_figure(np.array([[8, 2], [1, 9]]), ("a", "b"), "t")
     assert [t.get_text() for t in fig.axes[1].texts] == ["80", "20", "10", "90"]
     assert fig.axes[-1].get_ylim() == (0.0, 90.0)  # the percent panel's colour bar, in %
+
+
+def test_a_run_on_the_official_data_finds_it_wherever_it_is_here(tiny, tmp_path, monkeypatch):
+    """Moved to another machine, a run trained on the verified files reads this machine's
+    copy (which must verify too); only other data must be named."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny["seed1"], run)
+    info = runs.read_info(run)
+    runs.write_json(run / "run.json", {**info, "data": {**info["data"], "path": "/gone",
+                                                         "verified": True}})
+    calls = []
+    monkeypatch.setattr(fashionlab.data, "for_config",
+                        lambda data_dir, data_cfg: calls.append(data_dir))
+    fashionlab.data.of_run(runs.read_info(run), {"data": {"dataset": "fashion-mnist"}})
+    assert calls == [None]  # the default source: --data-dir, $FASHIONLAB_DATA, Debian, cache
