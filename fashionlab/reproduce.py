@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from fashionlab import config as cfg
-from fashionlab import hardware, models, runs
+from fashionlab import hardware, models, runs, signals
 from fashionlab.errors import DivergedError, UserError
 
 COLUMNS = ("recipe", "claimed test", "measured test", "claimed val", "measured val",
@@ -133,6 +133,7 @@ def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
     row = Row(name, config["recipe"]["claimed_test_accuracy"],
               config["recipe"]["claimed_val_accuracy"], epochs, full)
     for i in range(seeds):
+        signals.raise_pending(f"before {name} seed {config['train']['seed'] + i}")
         last = [f"train.epochs={epochs}", f"train.seed={config['train']['seed'] + i}"]
         earlier = resume and earlier_run(runs.parent(out),
                                          cfg.resolve(name, overrides=[*overrides, *last]))

@@ -242,6 +242,27 @@ def test_reproduce_resume_goes_on_from_a_stopped_run(tiny_data: Path, tmp_path: 
     assert fresh.runs[0] not in (stopped, other_seed.runs[0])  # without resume: a new run
 
 
+def test_a_late_signal_in_one_recipe_stops_reproduce_before_the_next(
+        tiny_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import fashionlab.train as train_module
+
+    real = train_module.train
+
+    def late(run_dir, epoch, row):  # weil-fc's one epoch ends: the signal finds no step left
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: real(*a, hooks=[late], **k))
+    table = tmp_path / "weil.md"
+    assert main(["reproduce", "weil", "--max-epochs", "1", "--set", "data.dataset=any",
+                 "--set", "data.val=first:50", "--data-dir", str(tiny_data),
+                 "--out", str(tmp_path / "runs"), "-o", str(table), "-q"]) == 130
+    assert "interrupted by SIGINT before weil-cnn seed " in capsys.readouterr().err
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| `")]
+    assert [r.split(" | ")[0] for r in rows] == ["| `weil-fc`"]
+
+
 def test_ctrl_c_in_reproduce_says_how_to_resume_the_table(tmp_path: Path, capsys,
                                                           monkeypatch: pytest.MonkeyPatch):
     def stopped(*args, **kwargs):
