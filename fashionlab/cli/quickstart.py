@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashionlab import data, hardware
+    from fashionlab import data, hardware, signals
     from fashionlab.runs import load_run
     from fashionlab.train import train
 
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"cpu:  {hardware.cpu_description()}")
     results = []
     for name in RECIPES:
+        signals.raise_pending(f"before {name}")
         print(f"\n== {name}")
         run = load_run(train(name, data_dir=args.data_dir, out=args.out, quiet=args.quiet))
         results.append((name, run))
