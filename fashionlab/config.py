@@ -50,7 +50,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lr": 0.0,                       # 0 = the optimizer's Keras default (sgd 0.01, else 0.001)
         "momentum": 0.0,                 # sgd and rmsprop
         "nesterov": False,               # sgd
-        "weight_decay": 0.0,             # adamw: decoupled; others: added to the gradient
+        "weight_decay": 0.0,             # w -= lr * wd * w each step, as Keras (adamw's default
+                                         # is 0 here, 0.004 in Keras)
         "batch_size": 32,                # Keras's default
         "epochs": 10,
         "schedule": "constant",          # constant | cosine | onecycle (per step)

@@ -205,6 +205,10 @@ def _init_kernel(weight: torch.Tensor, name: str, where: str) -> None:
 def _activation(name: str, where: str, last: bool) -> nn.Module:
     if name not in ACTIVATIONS:
         raise SpecError(f"{where}: unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})")
+    if last and name not in ("softmax", "linear"):
+        raise SpecError(f"{where}: the last layer's activation must be softmax (or linear: "
+                        f"logits); {name} outputs are not class probabilities, and the loss "
+                        "would take them for logits")
     if name == "softmax" and not last:
         raise SpecError(f"{where}: softmax is only supported on the last layer "
                         "(it is fused into the cross-entropy loss)")

@@ -90,6 +90,10 @@ def _activation(name: str, where: str, last: bool) -> str:
     if name not in ACTIVATIONS:
         raise SpecError(f"{where}: the numpy engine does not support activation {name!r} "
                         f"(it runs {', '.join(ACTIVATIONS)})")
+    if last and name not in ("softmax", "linear"):
+        raise SpecError(f"{where}: the last layer's activation must be softmax (or linear: "
+                        f"logits); {name} outputs are not class probabilities, and the loss "
+                        "would take them for logits")
     if name == "softmax" and not last:
         raise SpecError(f"{where}: softmax is only supported on the last layer "
                         "(it is fused into the cross-entropy loss)")
@@ -262,12 +266,13 @@ def penalty(net: Net, grads: dict[str, np.ndarray] | None = None) -> float:
 
 
 def sgd_step(net: Net, grads: dict, velocity: dict, train: dict, lr: float) -> None:
-    """torch.optim.SGD's update (momentum buffer, nesterov, L2 weight decay), in place."""
+    """optim.make_optimizer's SGD, in place: Keras's weight decay (w -= lr * wd * w), then
+    torch.optim.SGD's update (momentum buffer, nesterov)."""
     wd, mu = train["weight_decay"], train["momentum"]
     for key, g in grads.items():
         p = net.params[key]
         if wd:
-            g = g + wd * p
+            p *= 1 - lr * wd
         if mu:
             v = velocity.setdefault(key, np.zeros_like(p))
             v *= mu

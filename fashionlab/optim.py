@@ -1,7 +1,10 @@
-"""Optimizers with Keras's defaults, and per-step learning-rate schedules.
+"""Optimizers with Keras's defaults and updates, and per-step learning-rate schedules.
 
-Keras and PyTorch differ in defaults that change results: Adam's and RMSprop's epsilon
-(1e-7 vs 1e-8) and RMSprop's rho (0.9 vs 0.99). We use Keras's, since the reports used Keras.
+Keras and PyTorch differ in ways that change results: Adam's and RMSprop's epsilon (1e-7 vs
+1e-8), RMSprop's rho (0.9 vs 0.99) and where its epsilon goes (inside the square root in
+Keras), and weight decay (Keras shrinks every optimizer's weights by lr * wd apart from the
+gradient, as torch's AdamW does; torch's other optimizers add wd * w to the gradient). We
+follow Keras, since the reports used Keras.
 """
 
 from __future__ import annotations
@@ -18,17 +21,79 @@ KERAS_EPSILON = 1e-7
 
 def make_optimizer(params, train: dict) -> torch.optim.Optimizer:
     """The fused kernels (one op for all parameters) cut a small net's step time on CPU by
-    ~40% (weil-fc, AMD EPYC AVX2: 30.6 -> 17.4 ms; docs/speed.md); RMSprop has none."""
+    ~40% (weil-fc, AMD EPYC AVX2: 30.6 -> 17.4 ms; docs/speed.md)."""
     lr, wd, name = learning_rate(train), train["weight_decay"], train["optimizer"]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=train["momentum"],
-                               nesterov=train["nesterov"], weight_decay=wd, fused=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=KERAS_EPSILON, weight_decay=wd, fused=True)
-    if name == "adamw":
+        kind = DecayedSGD if wd else torch.optim.SGD
+        return kind(params, lr=lr, momentum=train["momentum"], nesterov=train["nesterov"],
+                    **({"decay": wd} if wd else {}), fused=True)
+    if name == "adamw" or (name == "adam" and wd):  # Keras's Adam decays as AdamW does
         return torch.optim.AdamW(params, lr=lr, eps=KERAS_EPSILON, weight_decay=wd, fused=True)
-    return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=KERAS_EPSILON,
-                               momentum=train["momentum"], weight_decay=wd, foreach=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, eps=KERAS_EPSILON, fused=True)
+    return RMSprop(params, lr=lr, momentum=train["momentum"], decay=wd)
+
+
+def _decay(group: dict) -> list[torch.Tensor]:
+    """Keras's weight decay, w -= lr * wd * w, before the update; the weights it touched."""
+    params = [p for p in group["params"] if p.grad is not None]
+    if group["decay"] and params:
+        torch._foreach_mul_(params, 1 - group["lr"] * group["decay"])
+    return params
+
+
+class DecayedSGD(torch.optim.SGD):
+    """torch's SGD after Keras's weight decay (torch's own adds wd * w to the gradient, and
+    momentum carries it on)."""
+
+    def __init__(self, params, decay: float, **kwargs):
+        super().__init__(params, **kwargs)
+        for group in self.param_groups:
+            group["decay"] = decay
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            _decay(group)
+        return super().step(closure)
+
+
+class RMSprop(torch.optim.Optimizer):
+    """Keras's RMSprop: v = rho v + (1 - rho) g^2, step lr g / sqrt(v + eps) (torch divides
+    by sqrt(v) + eps, which moves a weight with gradients near 1e-4 ten times further),
+    momentum on that step, weight decay as Keras's."""
+
+    def __init__(self, params, lr: float, rho: float = 0.9, eps: float = KERAS_EPSILON,
+                 momentum: float = 0.0, decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "momentum": momentum,
+                                  "decay": decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = _decay(group)
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            state = [self.state[p] for p in params]
+            for p, s in zip(params, state, strict=True):
+                if not s:
+                    s["square_avg"] = torch.zeros_like(p)
+                    if group["momentum"]:
+                        s["momentum_buffer"] = torch.zeros_like(p)
+            square = [s["square_avg"] for s in state]
+            torch._foreach_mul_(square, group["rho"])
+            torch._foreach_addcmul_(square, grads, grads, value=1 - group["rho"])
+            root = torch._foreach_add(square, group["eps"])
+            torch._foreach_sqrt_(root)
+            if group["momentum"]:
+                velocity = [s["momentum_buffer"] for s in state]
+                torch._foreach_mul_(velocity, group["momentum"])
+                torch._foreach_addcdiv_(velocity, grads, root, value=group["lr"])
+                torch._foreach_sub_(params, velocity)
+            else:
+                torch._foreach_addcdiv_(params, grads, root, value=-group["lr"])
+        return None
 
 
 def stepper(opt: torch.optim.Optimizer) -> Callable[[], None]:

@@ -90,6 +90,10 @@ def test_lenet5_parameter_count():
      "unknown activation 'swish2'"),
     ([{"type": "flatten"}, {"type": "dense", "units": "ten"}], "units must be a positive integer"),
     ([{"type": "dropout", "rate": 1.5}, *HEAD], "dropout rate must lie in"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "sigmoid"}],
+     r"layer 1 \(dense\): the last layer's activation must be softmax \(or linear: logits\)"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "relu"}],
+     r"layer 2 \(relu\): the last layer's activation must be softmax"),
     ([], "non-empty list"),
 ])
 def test_spec_errors_name_the_layer(layers, message):

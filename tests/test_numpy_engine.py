@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from fashionlab import config as cfg
-from fashionlab import data, models, numpy_engine, numpy_net, runs
+from fashionlab import data, models, numpy_engine, numpy_net, optim, runs
 from fashionlab.errors import DivergedError, SpecError
 from fashionlab.inference import load_trained, load_weights
 from fashionlab.train import train as fit
@@ -118,7 +118,8 @@ def test_sgd_steps_and_constraints_match_torch(momentum, nesterov, decay):
               {"type": "dense", "units": 10, "kernel_constraint": "unit_norm"}]
     net, torch_net = _pair(layers)
     train = {"momentum": momentum, "nesterov": nesterov, "weight_decay": decay}
-    opt = torch.optim.SGD(torch_net.module.parameters(), lr=0.5, **train)
+    opt = optim.make_optimizer(torch_net.module.parameters(),
+                               {**train, "optimizer": "sgd", "lr": 0.5})
     x, y = _batch()
     x *= 30  # large steps, so that max_norm's limit of 2 is reached
     velocity, norms = {}, []
@@ -208,6 +209,8 @@ def test_a_gpu_asked_for_is_refused(capsys, monkeypatch):
     ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"},
       {"type": "dense", "units": 10}], "softmax is only supported on the last layer"),
     ([{"type": "flatten"}, {"type": "dense", "units": 9}], "end with"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "tanh"}],
+     "the last layer's activation must be softmax"),
 ])
 def test_bad_layer_tables_are_refused(layers, message):
     with pytest.raises(SpecError, match=message):

@@ -149,9 +149,58 @@ def test_keras_optimizer_defaults():
     adam = optim.make_optimizer(p, config.DEFAULTS["train"])
     assert adam.defaults["eps"] == 1e-7 and adam.defaults["lr"] == 0.001
     rms = optim.make_optimizer(p, {**config.DEFAULTS["train"], "optimizer": "rmsprop"})
-    assert rms.defaults["alpha"] == 0.9 and rms.defaults["eps"] == 1e-7
+    assert rms.defaults["rho"] == 0.9 and rms.defaults["eps"] == 1e-7
     sgd = optim.make_optimizer(p, {**config.DEFAULTS["train"], "optimizer": "sgd"})
     assert sgd.defaults["lr"] == 0.01 and sgd.defaults["momentum"] == 0
+
+
+def _keras_steps(name: str, w: float, grads: list[float], lr: float = 0.001,
+                 momentum: float = 0.0, wd: float = 0.0) -> float:
+    """Keras 3's update rules written out (keras/src/optimizers: rmsprop.py, sgd.py, and the
+    base optimizer's weight decay, applied before each update)."""
+    v = m = 0.0
+    for g in grads:
+        w -= w * wd * lr
+        if name == "rmsprop":
+            v = 0.9 * v + 0.1 * g * g
+            step = lr * g / math.sqrt(v + 1e-7)
+            m = momentum * m + step
+            w -= m if momentum else step
+        else:  # sgd: velocity = momentum * velocity - lr * g
+            m = momentum * m - lr * g
+            w += m
+    return w
+
+
+@pytest.mark.parametrize("name, momentum, wd", [
+    ("rmsprop", 0.0, 0.0), ("rmsprop", 0.9, 0.0), ("rmsprop", 0.9, 0.1), ("sgd", 0.9, 0.1),
+    ("sgd", 0.0, 0.1)])
+def test_rmsprop_and_weight_decay_step_as_keras(name, momentum, wd):
+    """Three steps of one weight with small gradients, against the rules in Keras's source:
+    torch's RMSprop (epsilon outside the root) moved it ten times further on the first."""
+    grads = [1e-4, -3e-4, 2e-4]
+    p = torch.nn.Parameter(torch.tensor([0.5], dtype=torch.float64))
+    opt = optim.make_optimizer([p], {**config.DEFAULTS["train"], "optimizer": name,
+                                     "lr": 0.001, "momentum": momentum, "weight_decay": wd})
+    for g in grads:
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+    assert p.item() == pytest.approx(_keras_steps(name, 0.5, grads, 0.001, momentum, wd),
+                                     rel=1e-12, abs=1e-15)
+    if (name, momentum, wd) == ("rmsprop", 0.0, 0.0):  # the audit's one-step figure
+        assert _keras_steps(name, 0.5, grads[:1]) == pytest.approx(0.4996854, abs=1e-7)
+
+
+def test_adam_weight_decay_is_keras_decoupled_decay():
+    """Keras's Adam(weight_decay=wd) shrinks a weight with no gradient by lr * wd a step; torch's
+    Adam would add wd * w to the gradient, and Adam's scaling makes that a full step."""
+    p = torch.nn.Parameter(torch.tensor([0.001]))
+    opt = optim.make_optimizer([p], {**config.DEFAULTS["train"], "optimizer": "adam",
+                                     "lr": 0.001, "weight_decay": 0.1})
+    for _ in range(2):
+        p.grad = torch.zeros(1)
+        opt.step()
+    assert p.item() == pytest.approx(0.001 * (1 - 0.001 * 0.1) ** 2, rel=1e-6)
 
 
 def test_ema_and_regularised_cnn_train(tiny_data, tmp_path):
