@@ -107,7 +107,7 @@ FRACTIONS = {("train", "label_smoothing"), ("train", "ema")}  # 1 would learn no
 RECIPES = resources.files("fashionlab") / "recipes"
 
 
-def _suggest(word: str, options) -> str:
+def suggest(word: str, options) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -175,7 +175,7 @@ def merge(config: dict, update: dict, origin: str) -> dict:
                             f"{table!r}, or under [{home.split('.')[0]}]")
         if section not in DEFAULTS and section != BF16:
             raise SpecError(f"{origin}: unknown section [{_name(section)}]"
-                            f"{_suggest(section, [*DEFAULTS, BF16])}")
+                            f"{suggest(section, [*DEFAULTS, BF16])}")
         if not isinstance(table, dict):
             raise SpecError(f"{origin}: [{section}] must be a table")
         if section == BF16:
@@ -186,7 +186,7 @@ def merge(config: dict, update: dict, origin: str) -> dict:
                 home = _home(key)
                 hint = (f" (did you mean {home!r}?)" if home and home.split(".")[1] != key
                         else f" (it belongs in [{home.split('.')[0]}]: {home})" if home
-                        else _suggest(key, DEFAULTS[section]))
+                        else suggest(key, DEFAULTS[section]))
                 raise SpecError(f"{origin}: unknown key {section}.{_name(key)}{hint}")
             out[section][key] = check_value(section, key, value)
     return out
@@ -203,7 +203,7 @@ def _merge_bf16(current: dict, table: dict, origin: str) -> dict:
         for key, value in keys.items():
             if key not in DEFAULTS[section]:
                 raise SpecError(f"{origin}: unknown key bf16.{section}.{_name(key)}"
-                                f"{_suggest(key, DEFAULTS[section])}")
+                                f"{suggest(key, DEFAULTS[section])}")
             if (section, key) in BF16_FIXED:
                 raise SpecError(f"{origin}: bf16.{section}.{key} cannot depend on the "
                                 "precision: it is read before the precision is chosen")
@@ -277,7 +277,7 @@ def read_source(source: str) -> tuple[dict, str]:
         return doc, str(path)
     names = recipe_names()
     if source not in names:
-        raise SpecError(f"no recipe or file named {source!r}{_suggest(source, names)}; "
+        raise SpecError(f"no recipe or file named {source!r}{suggest(source, names)}; "
                         "`fashionlab recipes` lists them")
     doc = parse_toml((RECIPES / f"{source}.toml").read_text(), f"recipe {source}")
     doc.setdefault("model", {}).setdefault("name", source)

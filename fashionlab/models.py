@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fashionlab.config import suggest
 from fashionlab.errors import SpecError
 
 Shape = tuple[int, ...]  # one example's shape: (C, H, W) for images, (F,) for vectors
@@ -41,7 +42,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 KERNEL_KEYS = {"activation": "linear", "kernel_initializer": "glorot_uniform",
                "use_bias": True, "l1": 0.0, "l2": 0.0, "kernel_constraint": ""}
-POOL_KEYS = {"pool": 2, "strides": 0, "padding": "valid"}
+POOL_KEYS = {"pool": 2, "strides": None, "padding": "valid"}  # strides: the pool's
 LAYER_KEYS: dict[str, dict[str, Any]] = {
     "flatten": {},
     "dense": {"units": REQUIRED, **KERNEL_KEYS},
@@ -155,10 +156,14 @@ def _check_keys(spec: dict, where: str) -> dict:
         known = ", ".join(LAYER_KEYS)
         raise SpecError(f"{where}: unknown layer type {kind!r} (known: {known})")
     allowed = LAYER_KEYS[kind]
+    if kind == "leaky_relu" and "negative_slope" in spec and "alpha" not in spec:
+        spec = {**spec, "alpha": spec["negative_slope"]}  # Keras 3's name for it
+        del spec["negative_slope"]
     unknown = sorted(set(spec) - set(allowed) - {"type"})
     if unknown:
-        raise SpecError(f"{where}: unknown key {unknown[0]!r} for {kind} "
-                        f"(accepted: {', '.join(allowed) or 'none'})")
+        raise SpecError(f"{where}: unknown key {unknown[0]!r} for {kind}"
+                        f"{suggest(unknown[0], allowed)} (accepted: "
+                        f"{', '.join(allowed) or 'none'})")
     out = {}
     for key, default in allowed.items():
         if key not in spec:
@@ -303,7 +308,7 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
         return modules, out, 2 * kh * kw * c * filters * out[1] * out[2]
     if kind in ("maxpool", "avgpool"):
         (ph, pw) = _pair(p["pool"], where, "pool")
-        (sh, sw) = _pair(p["strides"], where, "strides") if p["strides"] else (ph, pw)
+        (sh, sw) = (ph, pw) if p["strides"] is None else _pair(p["strides"], where, "strides")
         c, h, w = shape
         if p["padding"] == "same":
             out = (c, math.ceil(h / sh), math.ceil(w / sw))
@@ -322,8 +327,8 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
         return [nn.AdaptiveAvgPool2d(1), Flatten()], (shape[0],), 0
     if kind == "dropout":
         rate = p["rate"]
-        if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise SpecError(f"{where}: dropout rate must lie in [0, 1), got {rate!r}")
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+            raise SpecError(f"{where}: dropout rate must be a number in [0, 1), got {rate!r}")
         return [nn.Dropout(float(rate))], shape, 0
     if kind == "batchnorm":
         momentum, eps = p["momentum"], p["epsilon"]
@@ -336,6 +341,9 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
             shape[0], eps=float(eps), momentum=1.0 - float(momentum))
         return [bn], shape, 0
     if kind == "leaky_relu":
+        if p["alpha"] < 0:
+            raise SpecError(f"{where}: leaky_relu alpha (the negative slope) must not be "
+                            f"negative, got {p['alpha']}")
         return [nn.LeakyReLU(float(p["alpha"]))], shape, 0
     return [_activation(kind, where, last)], shape, 0
 
@@ -382,8 +390,7 @@ def _pool_before_activation(module: nn.Sequential) -> None:
     for a, b in itertools.pairwise(module):
         if (len(a) and isinstance(a[-1], MONOTONE) and len(b) == 1
                 and isinstance(b[0], nn.MaxPool2d)
-                and getattr(a[-1], "negative_slope", 0) >= 0
-                and getattr(a[-1], "alpha", 0) >= 0):
+                and getattr(a[-1], "negative_slope", 0) >= 0):
             a[-1], b[0] = b[0], a[-1]
 
 

@@ -165,7 +165,8 @@ CASES = [
     ("unknown layer type", lambda t: spec(t, layers(FLAT, {"type": "dense2"}, OUT)),
      r"layer 1: unknown layer type 'dense2' \(known: flatten, dense"),
     ("unknown layer key", lambda t: spec(t, layers(FLAT, {"type": "dense", "unit": 5}, OUT)),
-     r"layer 1 \(dense\): unknown key 'unit' for dense \(accepted: units"),
+     r"layer 1 \(dense\): unknown key 'unit' for dense \(did you mean 'units'\?\) "
+     r"\(accepted: units"),
     ("missing layer key", lambda t: spec(t, layers(FLAT, {"type": "dense"})),
      r"layer 1 \(dense\): dense needs 'units'"),
     ("wrong layer value type", lambda t: spec(t, layers(FLAT, {**OUT, "activation": 1})),

@@ -89,7 +89,10 @@ def test_lenet5_parameter_count():
     ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "swish2"}],
      "unknown activation 'swish2'"),
     ([{"type": "flatten"}, {"type": "dense", "units": "ten"}], "units must be a positive integer"),
-    ([{"type": "dropout", "rate": 1.5}, *HEAD], "dropout rate must lie in"),
+    ([{"type": "dropout", "rate": 1.5}, *HEAD], r"dropout rate must be a number in \[0, 1\)"),
+    ([{"type": "dropout", "rate": "0.5"}, *HEAD], "dropout rate must be a number in"),
+    ([{"type": "maxpool", "strides": 0}, *HEAD], "strides must be a positive integer"),
+    ([{"type": "leaky_relu", "alpha": -0.5}, *HEAD], "alpha .* must not be negative"),
     ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "sigmoid"}],
      r"layer 1 \(dense\): the last layer's activation must be softmax \(or linear: logits\)"),
     ([{"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "relu"}],
@@ -216,9 +219,8 @@ def test_max_pool_runs_before_a_monotone_activation_with_the_same_results(activa
     layers = [
         {"type": "conv2d", "filters": 4, "kernel": 3, "activation": activation},
         {"type": "maxpool"},
-        {"type": "conv2d", "filters": 4, "kernel": 3},
-        {"type": "leaky_relu", "alpha": -0.5},  # not monotone: stays before its pool
-        {"type": "maxpool"},
+        {"type": "conv2d", "filters": 4, "kernel": 3, "activation": "gelu"},  # not monotone:
+        {"type": "maxpool"},                                                   # stays before
         {"type": "flatten"},
         {"type": "dense", "units": 10, "activation": "softmax"},
     ]
@@ -229,7 +231,7 @@ def test_max_pool_runs_before_a_monotone_activation_with_the_same_results(activa
     act = type(models.ACTIVATIONS[activation]()).__name__
     moved = activation != "gelu"  # GELU is not monotone
     assert kinds[:3] == (["Conv2d", "MaxPool2d", act] if moved else ["Conv2d", act, "MaxPool2d"])
-    assert kinds[3:7] == ["Conv2d", "Identity", "LeakyReLU", "MaxPool2d"]
+    assert kinds[3:6] == ["Conv2d", "GELU", "MaxPool2d"]
     spec_order = list(flat)
     if moved:
         spec_order[1], spec_order[2] = flat[2], flat[1]
@@ -302,3 +304,11 @@ def test_same_pooling_pads_where_keras_pads(kind, size, pool, strides):
     expected = _tf_same_pool(features.detach().numpy(), pool, kind, strides)
     assert pooled.shape[-2:] == expected.shape[-2:]
     np.testing.assert_allclose(pooled.detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_leaky_relu_takes_keras_3s_name_for_its_slope():
+    net = models.build([{"type": "flatten"}, {"type": "dense", "units": 10},
+                        {"type": "leaky_relu", "negative_slope": 0.1},
+                        {"type": "dense", "units": 10, "activation": "softmax"}])
+    assert [m.negative_slope for m in net.module.modules()
+            if isinstance(m, torch.nn.LeakyReLU)] == [0.1]
