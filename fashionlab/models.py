@@ -412,7 +412,7 @@ def _relu_in_place(module: nn.Sequential) -> None:
 
 def summary(net: Net) -> str:
     """A Keras-style table: layer, output shape, parameters."""
-    lines = [f"{'Layer':<22}{'Output shape':<20}{'Params':>12}{'MFLOPs':>10}", "-" * 64]
+    lines = [f"{'Layer':<22}{'Output (N, C, H, W)':<20}{'Params':>12}{'MFLOPs':>10}", "-" * 64]
     for r in net.rows:
         lines.append(f"{r.name:<22}{str((None, *r.output)):<20}{r.params:>12,}"
                      f"{r.flops / 1e6:>10.2f}")
