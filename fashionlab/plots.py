@@ -24,6 +24,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is set)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fashionlab import data, metrics, runs  # noqa: E402
 from fashionlab.errors import UserError  # noqa: E402
@@ -66,11 +67,13 @@ def curves_figure(history: list[dict], title: str = "", best: int | None = None)
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     epochs = [r["epoch"] for r in history]
     style = {"marker": "o", "markersize": 3}
+    validated = any(not math.isnan(r.get("val_loss", math.nan)) for r in history)
     for ax, key, name in ((acc, "accuracy", "accuracy"), (loss, "loss", "loss")):
         ax.plot(epochs, [r[key] for r in history], color=TRAIN, label=f"training {name}",
                 **style)
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], color=VAL, linestyle="--",
-                label=f"validation {name}", **style)
+        if validated:  # a run without a validation split has no such line to name
+            ax.plot(epochs, [r[f"val_{key}"] for r in history], color=VAL, linestyle="--",
+                    label=f"validation {name}", **style)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -81,12 +84,12 @@ def curves_figure(history: list[dict], title: str = "", best: int | None = None)
         if onset is not None:
             ax.axvspan(onset, epochs[-1], color=OVERFIT, alpha=0.08,
                        label=f"overfitting (from epoch {onset})")
-    if len(epochs) < 12:
-        for ax in (acc, loss):
-            ax.set_xticks(epochs)
+    for ax in (acc, loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     acc.legend(loc="lower right", fontsize=8)
     loss.legend(loc="upper right", fontsize=8)
-    fig.suptitle(title or "training and validation curves")
+    fig.suptitle(title or ("training and validation curves" if validated else
+                           "training curves (no validation split)"))
     return fig
 
 
@@ -175,11 +178,11 @@ def per_class_figure(labels: np.ndarray, predicted: np.ndarray,
     x = np.arange(len(classes))
     for i, key in enumerate(("precision", "recall", "f1")):
         bars.bar(x + (i - 1) * 0.27, scores[key], 0.27, label=key)
-    low = min(float(min(scores[k].min() for k in ("precision", "recall", "f1"))), 0.9)
-    bars.set_ylim(max(0.0, low - 0.05), 1.0)
+    bars.set_ylim(0.0, 1.12)  # from 0, so that bar heights compare; room for the legend
+    bars.set_yticks(np.linspace(0, 1, 6))
     bars.set_xticks(x, classes, rotation=30, ha="right")
     bars.set_title("per-class precision, recall and F1 (test set)")
-    bars.legend(ncols=3, fontsize=8, loc="lower left")
+    bars.legend(ncols=3, fontsize=8, loc="upper center")
     bars.grid(axis="y", alpha=0.3)
     names = [f"{classes[a]} / {classes[b]}" for a, b, _, _ in pairs][::-1]
     ab = [n for _, _, n, _ in pairs][::-1]
@@ -187,6 +190,7 @@ def per_class_figure(labels: np.ndarray, predicted: np.ndarray,
     conf.barh(names, ab, color=TRAIN, label="first taken for second")
     conf.barh(names, ba, left=ab, color=VAL, label="second taken for first")
     conf.set_title("most-confused class pairs (test images)")
+    conf.set_xlabel("test images")
     conf.legend(fontsize=8, loc="lower right")
     return fig
 

@@ -72,6 +72,7 @@ def plot_history(study, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     done = [t for t in study.trials if t.value is not None]
     xs, ys = [t.number for t in done], [t.value for t in done]
@@ -80,8 +81,10 @@ def plot_history(study, path: Path) -> Path:
     ax.scatter(xs, ys, s=14, label="trial")
     ax.step(xs, best, where="post", color="C3", label="best so far")
     ax.set(xlabel="trial", ylabel="validation accuracy", title=study.study_name)
-    if ys:
-        ax.set_ylim(max(min(ys), max(ys) - 0.1), max(ys) + 0.005)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if ys:  # every trial in view, whole markers, however poor the worst
+        pad = 0.05 * (max(ys) - min(ys)) or 0.005
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import json
 import re
 import shutil
@@ -344,3 +345,13 @@ def test_a_run_on_the_official_data_finds_it_wherever_it_is_here(tiny, tmp_path,
                         lambda data_dir, data_cfg: calls.append(data_dir))
     fashionlab.data.of_run(runs.read_info(run), {"data": {"dataset": "fashion-mnist"}})
     assert calls == [None]  # the default source: --data-dir, $FASHIONLAB_DATA, Debian, cache
+
+
+def test_curves_without_a_validation_split_draw_and_name_only_training():
+    history = [{"epoch": e, "loss": 1 / e, "accuracy": 1 - 1 / (e + 1), "val_loss": math.nan,
+                "val_accuracy": math.nan} for e in range(1, 4)]
+    fig = plots.curves_figure(history)
+    assert fig._suptitle.get_text() == "training curves (no validation split)"
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert labels == ["training accuracy", "training loss"]
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
