@@ -134,6 +134,8 @@ def run_recipe(name: str, seeds: int = 1, max_epochs: int | None = None,
               config["recipe"]["claimed_val_accuracy"], epochs, full)
     for i in range(seeds):
         signals.raise_pending(f"before {name} seed {config['train']['seed'] + i}")
+        if not quiet:
+            print(f"== {name} seed {config['train']['seed'] + i}", file=sys.stderr)
         last = [f"train.epochs={epochs}", f"train.seed={config['train']['seed'] + i}"]
         earlier = resume and earlier_run(runs.parent(out),
                                          cfg.resolve(name, overrides=[*overrides, *last]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from fashionlab import config as cfg
@@ -104,6 +105,9 @@ def _train_group(group: Path, summary: dict, quiet: bool, force: bool = False) -
             continue
         try:
             signals.raise_pending(f"after the run before seed {seed}")
+            if not quiet:  # the epoch lines that follow are this seed's
+                print(f"== seed {seed} ({summary['seeds'].index(seed) + 1} of "
+                      f"{len(summary['seeds'])})", file=sys.stderr)
             if seed in started and runs.read_info(started[seed]).get("state") == "finished":
                 path = started[seed]
             elif seed in started:

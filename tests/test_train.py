@@ -371,3 +371,13 @@ def test_test_time_flip_without_flipped_training_is_warned_about(tiny_data, tiny
     tiny_config["augment"] = {"flip": 0.5}
     train(tiny_config, data_dir=str(tiny_data), out=str(tmp_path), quiet=False)
     assert "tta_flip" not in capsys.readouterr().err
+
+
+def test_a_seed_group_names_each_seed_before_its_epoch_lines(tiny_data, tiny_config, tmp_path,
+                                                             capsys):
+    from fashionlab import seeds
+
+    tiny_config["train"]["epochs"] = 1
+    seeds.train_seeds(tiny_config, [4, 7], data_dir=str(tiny_data), out=str(tmp_path))
+    err = capsys.readouterr().err
+    assert err.index("== seed 4 (1 of 2)") < err.index("== seed 7 (2 of 2)")

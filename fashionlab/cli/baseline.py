@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", type=int, metavar="N", help="training images, a seeded "
                    "random subset (default: what fits in a minute or two; svc and "
                    "gradient-boosting 10000, logreg and random-forest 20000, knn all 60000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", choices=["fashion-mnist", "any"], default="fashion-mnist")
+    p.add_argument("--seed", type=int, default=0,
+                   help="picks the training subset and seeds the method (default: 0)")
+    p.add_argument("--dataset", choices=["fashion-mnist", "any"], default="fashion-mnist",
+                   help="any: other IDX/CSV data, unverified (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="parent folder of the run folder (default runs/)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures in RUN/plots")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or expected time")

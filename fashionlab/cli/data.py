@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     info = dsub.add_parser("info", help="source, path, checksums, counts and class balance",
                            description="Load the data set and print where it came from, "
                            "whether its checksums match, and its class balance.")
-    info.add_argument("--dataset", choices=["fashion-mnist", "any"], default="fashion-mnist")
+    info.add_argument("--dataset", choices=["fashion-mnist", "any"], default="fashion-mnist",
+                      help="any: other IDX/CSV data, unverified (default: %(default)s)")
     add_data_dir(info)
     info.set_defaults(func=run_info)
 
@@ -24,7 +25,8 @@ def run_info(args: argparse.Namespace) -> int:
     ds = data.load(args.data_dir, args.dataset)
     print(f"source:   {ds.source}")
     print(f"path:     {ds.path}")
-    print(f"verified: {'yes, SHA-256 of all four files match' if ds.verified else 'no'}")
+    print(f"verified: {'yes, SHA-256 of all four files match' if ds.verified else 'no'}"
+          + (" (of the decompressed contents; CSV: of the set of rows)" if ds.files else ""))
     for name, digest in ds.files.items():
         print(f"  {name:<30} sha256 {digest[:16]}...")
     print(f"train:    {len(ds.train_y)} images {ds.train_x.shape[1]}x{ds.train_x.shape[2]}")

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", metavar="IMAGE|DIR", nargs="+",
                    help="image files or folders (walked; hidden files skipped)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
-    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image")
+    p.add_argument("--top-k", type=int, default=3, metavar="K",
+                   help="classes shown per image (default: 3)")
     p.add_argument("--save-preprocessed", metavar="DIR",
                    help="also write each 28x28 model input as a PNG into DIR")
     p.set_defaults(func=run)

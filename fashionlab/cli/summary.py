@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Build a model from a recipe or spec (no training) and "
                        "print a Keras-style table.")
     p.add_argument("source", metavar="RECIPE|FILE")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key first, e.g. model.layers.1.units=512")
     p.set_defaults(func=run)
 
 

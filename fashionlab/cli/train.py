@@ -28,15 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", nargs="?", metavar="RECIPE|FILE",
                    help="recipe name or path to a spec TOML")
     p.add_argument("--model", metavar="FILE", help="spec TOML (same as giving FILE)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="train.epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="train.batch_size (default: the recipe's)")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"])
     p.add_argument("--lr", type=float, help="learning rate (default: Keras's for the optimizer)")
     p.add_argument("--val", metavar="SPEC",
                    help="validation split: first:N | last:F | fraction:F | none")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--engine", choices=["torch", "numpy"])
+    p.add_argument("--seed", type=int, help="train.seed: same seed, same numbers on a machine")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 only where the CPU or GPU does it natively fast")
+    p.add_argument("--engine", choices=["torch", "numpy"],
+                   help="numpy: the hand-written backpropagation (FC nets, CPU)")
     p.add_argument("--dataset", choices=["fashion-mnist", "any"],
                    help="any: other IDX/CSV data, unverified (same as --set data.dataset=any)")
     p.add_argument("--device", choices=DEVICES, help="where to train (default: "
