@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("--format", choices=("onnx", "torchscript"),
                    help="default: from FILE's suffix, .onnx or .pt (.pth, .ts) for TorchScript")
-    p.add_argument("-o", "--out", metavar="FILE", required=True, help="file to write")
+    p.add_argument("-o", "--output", "--out", dest="out", metavar="FILE", required=True,
+                   help="file to write (--out: the older name)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
 
