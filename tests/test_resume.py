@@ -378,27 +378,36 @@ def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data
     assert runs.load_run(run).metrics["epochs_run"] == tiny_config["train"]["epochs"]
 
 
+def _stop_seed_group(monkeypatch, config: dict, data_dir: Path, tmp_path: Path, seeds: str,
+                     seed: int, hook) -> Path:
+    """`train --seeds SEEDS` with `hook` at the epoch ends of one seed's run, which stops the
+    group (exit 130); returns the group folder."""
+    real = train_module.train
+
+    def hooked(source, flags=None, **kwargs):
+        hooks = [hook] if flags == {"train.seed": seed} else []
+        return real(source, flags=flags, hooks=hooks, **kwargs)
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(cfg.dumps(config))
+    monkeypatch.setattr(train_module, "train", hooked)
+    assert main(["train", str(spec), "--seeds", seeds, "--data-dir", str(data_dir), "--out",
+                 str(tmp_path / "g"), "-q", "--no-plots"]) == 130
+    return only_run(tmp_path / "g")
+
+
 def test_a_signal_after_a_runs_last_step_stops_the_seed_group_before_the_next_seed(
         tiny_config, tiny_data, tmp_path, capsys, monkeypatch):
     """SIGINT during seed 1's last validation pass: seed 1 finishes (nothing left to stop),
     and the group stops before seed 2 instead of dropping the signal."""
-    real = train_module.train
     last = tiny_config["train"]["epochs"]
 
     def late_signal(run_dir, epoch, row):
         if epoch == last:
             signal.raise_signal(signal.SIGINT)
 
-    def late_in_seed_1(config, flags=None, **kwargs):
-        hooks = [late_signal] if flags == {"train.seed": 1} else []
-        return real(config, flags=flags, hooks=hooks, **kwargs)
-
-    spec = tmp_path / "spec.toml"
-    spec.write_text(cfg.dumps(tiny_config))
-    monkeypatch.setattr(train_module, "train", late_in_seed_1)
-    assert main(["train", str(spec), "--seeds", "1,2", "--data-dir", str(tiny_data), "--out",
-                 str(tmp_path / "g"), "-q", "--no-plots"]) == 130
-    group = only_run(tmp_path / "g")
+    group = _stop_seed_group(monkeypatch, tiny_config, tiny_data, tmp_path, "1,2", 1,
+                             late_signal)
     assert capsys.readouterr().err.endswith(
         "interrupted by SIGINT after the run before seed 2; resume with: fashionlab train "
         f"--resume {group}\n")
@@ -425,16 +434,7 @@ def test_a_stopped_seed_group_resumes(tiny_config, tiny_data, tmp_path, capsys, 
     def ctrl_c(run_dir, epoch, row):
         raise KeyboardInterrupt
 
-    def stop_in_seed_2(config, flags=None, **kwargs):
-        hooks = [ctrl_c] if flags == {"train.seed": 2} else []
-        return real(config, flags=flags, hooks=hooks, **kwargs)
-
-    spec = tmp_path / "spec.toml"
-    spec.write_text(cfg.dumps(tiny_config))
-    monkeypatch.setattr(train_module, "train", stop_in_seed_2)
-    assert main(["train", str(spec), "--seeds", "1,2,3", "--data-dir", str(tiny_data), "--out",
-                 str(tmp_path / "g"), "-q", "--no-plots"]) == 130
-    group = only_run(tmp_path / "g")
+    group = _stop_seed_group(monkeypatch, tiny_config, tiny_data, tmp_path, "1,2,3", 2, ctrl_c)
     assert capsys.readouterr().err.endswith(f"; resume with: fashionlab train --resume {group}\n")
     assert [r["seed"] for r in json.loads((group / "group.json").read_text())["runs"]] == [1]
     stopped = {p.name for p in group.iterdir() if p.is_dir()}
