@@ -99,8 +99,10 @@ def test_show_says_whether_a_bf16_table_applies_here(flags, precision, monkeypat
     assert tomllib.loads(out)["bf16"]["train"]["epochs"] == 16
     applies = "apply" if precision == "bf16" else "do not apply"
     assert f"it trains in {precision}: the [bf16] keys {applies}" in err
-    assert main(["show", "weil-cnn"]) == 0
-    assert capsys.readouterr().err == ""  # no table, nothing to say
+    assert main(["show", "weil-cnn"]) == 0  # no [bf16] table: only what its lr = 0 means
+    assert capsys.readouterr().err == "train.lr = 0 means adam's Keras default, 0.001\n"
+    assert main(["show", "weil-cnn", "--set", "train.optimizer='sgd'"]) == 0
+    assert capsys.readouterr().err == "train.lr = 0 means sgd's Keras default, 0.01\n"
 
 
 def test_show_and_summary_build_a_bf16_model_table(tiny_config, tmp_path, monkeypatch, capsys):

@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     resolved = config.resolve(args.source, overrides=args.overrides)
     check_builds(resolved)  # "ready to train" only if it would
     print(config.dumps(resolved), end="")
+    train = resolved["train"]
+    if not train["lr"]:  # stderr: the TOML on stdout stays the file to copy
+        print(f"train.lr = 0 means {train['optimizer']}'s Keras default, "
+              f"{config.learning_rate(train):g}", file=sys.stderr)
     if config.bf16_keys(resolved):  # say which half of the recipe this machine would run
         from fashionlab import hardware, models
         from fashionlab.train import bf16_net
