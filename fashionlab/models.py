@@ -210,10 +210,6 @@ def _init_kernel(weight: torch.Tensor, name: str, where: str) -> None:
 def _activation(name: str, where: str, last: bool) -> nn.Module:
     if name not in ACTIVATIONS:
         raise SpecError(f"{where}: unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})")
-    if last and name not in ("softmax", "linear"):
-        raise SpecError(f"{where}: the last layer's activation must be softmax (or linear: "
-                        f"logits); {name} outputs are not class probabilities, and the loss "
-                        "would take them for logits")
     if name == "softmax" and not last:
         raise SpecError(f"{where}: softmax is only supported on the last layer "
                         "(it is fused into the cross-entropy loss)")
@@ -341,11 +337,31 @@ def _build_layer(p: dict, kind: str, shape: Shape, net: Net, where: str,
             shape[0], eps=float(eps), momentum=1.0 - float(momentum))
         return [bn], shape, 0
     if kind == "leaky_relu":
-        if p["alpha"] < 0:
-            raise SpecError(f"{where}: leaky_relu alpha (the negative slope) must not be "
-                            f"negative, got {p['alpha']}")
         return [nn.LeakyReLU(float(p["alpha"]))], shape, 0
     return [_activation(kind, where, last)], shape, 0
+
+
+def check_trainable(layers: list) -> None:
+    """Rules for a net about to train (either engine) that a saved run, built before them,
+    need not meet to load: the last layer gives probabilities or logits (sigmoid or relu
+    outputs are neither, and the loss would take them for logits), and a leaky ReLU's slope
+    is not negative. Keras 3 refuses both."""
+    specs = [(i, spec) for i, spec in enumerate(layers or []) if isinstance(spec, dict)]
+    for i, spec in specs:
+        slope = spec.get("alpha", spec.get("negative_slope", 0))
+        if spec.get("type") == "leaky_relu" and isinstance(slope, (int, float)) and slope < 0:
+            raise SpecError(f"layer {i} (leaky_relu): alpha (the negative slope) must not be "
+                            f"negative, got {slope}")
+    if not specs or specs[-1][0] != len(layers) - 1:
+        return
+    i, last = specs[-1]
+    kind = last.get("type")
+    name = kind if kind in ("relu", "leaky_relu", "tanh", "sigmoid") else (
+        last.get("activation", "linear") if kind in ("dense", "conv2d") else "linear")
+    if name in ACTIVATIONS and name not in ("softmax", "linear"):  # others: build says
+        raise SpecError(f"layer {i} ({kind}): the last layer's activation must be softmax (or "
+                        f"linear: logits); {name} outputs are not class probabilities, and the "
+                        "loss would take them for logits")
 
 
 def build(layers: list[dict], input_shape: Shape = INPUT_SHAPE,

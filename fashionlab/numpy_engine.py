@@ -106,9 +106,8 @@ def train(config: dict, data_dir: str | None = None, out: str | None = None,
             "data": data.provenance(ds)})
     else:
         run_dir = Path(resume)
+        runs.resumed(run_dir, (run_dir / CHECKPOINT).exists())
         loop = _load_checkpoint(run_dir, net, velocity, rngs) or loop
-        runs.set_state(run_dir, "running", "resumed")
-        runs.remove_temporaries(run_dir)
     def fit(interrupt: signals.Flag) -> None:
         # overflow warnings are noise: a non-finite loss is caught and reported in one line
         with threadpool_limits(_blas_threads(), user_api="blas"), np.errstate(

@@ -90,10 +90,6 @@ def _activation(name: str, where: str, last: bool) -> str:
     if name not in ACTIVATIONS:
         raise SpecError(f"{where}: the numpy engine does not support activation {name!r} "
                         f"(it runs {', '.join(ACTIVATIONS)})")
-    if last and name not in ("softmax", "linear"):
-        raise SpecError(f"{where}: the last layer's activation must be softmax (or linear: "
-                        f"logits); {name} outputs are not class probabilities, and the loss "
-                        "would take them for logits")
     if name == "softmax" and not last:
         raise SpecError(f"{where}: softmax is only supported on the last layer "
                         "(it is fused into the cross-entropy loss)")

@@ -218,8 +218,19 @@ def start(path: Path, config_toml: str, info: dict[str, Any]) -> None:
     info = {"state": "running", "reason": "", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": command_line(),
             "code_version": code_version(), "python": platform.python_version(),
-            "host": platform.node(), **info}
+            "host": platform.node(), "pid": os.getpid(), **info}
     write_json(path / "run.json", info)
+
+
+def resumed(path: Path, has_checkpoint: bool) -> None:
+    """A run taken up again, by either engine: running, by this process (which a second
+    `--resume` then refuses), without the temporaries a kill left, and saying so when there
+    is no checkpoint to go on from."""
+    update_info(path, state="running", reason="resumed", pid=os.getpid())
+    remove_temporaries(path)
+    if not has_checkpoint:
+        print(f"warning: {path} has no checkpoint (it stopped before its first epoch ended, or "
+              "the file was removed): training starts again from epoch 1", file=sys.stderr)
 
 
 def read_info(path: Path) -> dict[str, Any]:

@@ -130,6 +130,7 @@ def _check_model(config: dict) -> None:
     from fashionlab import models
     from fashionlab.train import bf16_net
 
+    models.check_trainable(config["model"]["layers"])
     models.build(config["model"]["layers"])
     bf16_net(config)
 

@@ -142,6 +142,12 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         config = cfg.resolve(source, flags, overrides)
     train_cfg = config["train"]
     cfg.check_train(train_cfg)
+    models.check_trainable(config["model"]["layers"])
+    data.class_names(config["data"])
+    if train_cfg["tta_flip"] and not config["augment"]["flip"] and resume is None and (
+            not quiet and distributed.is_main()):
+        print("warning: train.tta_flip averages in mirrored test images, but the net never "
+              "trains on mirrored ones (augment.flip = 0): it may score lower", file=sys.stderr)
     if train_cfg["engine"] == "numpy":
         from fashionlab import numpy_engine
 
@@ -159,10 +165,6 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         note = hardware.fewer_threads_note(torch.get_num_threads(), hardware.usable_cores())
         if note and dev.type == "cpu":
             print(note, file=sys.stderr)
-        if config["train"]["tta_flip"] and not config["augment"]["flip"] and resume is None:
-            print("warning: train.tta_flip averages in mirrored test images, but the net never "
-                  "trains on mirrored ones (augment.flip = 0): it may score lower",
-                  file=sys.stderr)
         if bf16_keys:
             print("training in bf16, so the recipe's [bf16] keys apply: " + ", ".join(
                 f"model.layers ({value})" if key == "model.layers" else f"{key} = {value!r}"
@@ -193,12 +195,11 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
             "dft_convs": dft_convs, "matmul_convs": matmul_convs,
             "cpu": hardware.cpu_description(),
             **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {}),
-            "torch": torch.__version__, "params": net.params, "pid": os.getpid(),
+            "torch": torch.__version__, "params": net.params,
             "world_size": distributed.rank_world()[1],
             "data": data.provenance(ds)})
     else:
-        runs.update_info(run_dir, state="running", reason="resumed", pid=os.getpid())
-        runs.remove_temporaries(run_dir)
+        runs.resumed(run_dir, (run_dir / checkpoint.FILE).exists())
     world = distributed.rank_world()[1]
     if resume is not None and run.info.get("world_size", 1) != world:
         print(f"warning: {run_dir} trained as {run.info.get('world_size', 1)} process(es) and "
@@ -266,6 +267,10 @@ def _resume_config(run: runs.Run, flags: dict | None, overrides: list[str], forc
     """The saved config (plus any new options); refuse a change of config or code or a run
     still training elsewhere, unless forced, since resuming would mix two experiments."""
     config = cfg.resolve(run.config, flags, overrides)
+    was = run.config.get("train", {}).get("engine", "torch")
+    if config["train"]["engine"] != was:  # even forced: one engine cannot read the other's
+        raise RunError(f"{run.path} trains with the {was} engine, whose checkpoint the "
+                       f"{config['train']['engine']} engine cannot go on from: start a new run")
     if run.info.get("state") == "running" and _alive(run.info) and not force:
         raise RunError(f"{run.path} is still being trained by process {run.info['pid']}; "
                        "stop it first (--force to resume anyway)")
@@ -308,9 +313,6 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
     generators = {"order": order_gen, "augment": aug_gen}
     loop = Loop()
     saved = checkpoint.load(run_dir) if resuming else None
-    if resuming and saved is None and rank == 0:
-        print(f"warning: {run_dir} has no checkpoint (it stopped before its first epoch ended, "
-              "or the file was removed): training starts again from epoch 1", file=sys.stderr)
     if saved is not None:
         try:
             module.load_state_dict(saved["model"])

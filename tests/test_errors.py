@@ -167,6 +167,10 @@ CASES = [
     ("unknown layer key", lambda t: spec(t, layers(FLAT, {"type": "dense", "unit": 5}, OUT)),
      r"layer 1 \(dense\): unknown key 'unit' for dense \(did you mean 'units'\?\) "
      r"\(accepted: units"),
+    ("sigmoid on the last layer", lambda t: spec(t, layers(FLAT, {
+        "type": "dense", "units": 10, "activation": "sigmoid"})),
+     r"layer 1 \(dense\): the last layer's activation must be softmax \(or linear: logits\); "
+     r"sigmoid outputs are not class probabilities"),
     ("missing layer key", lambda t: spec(t, layers(FLAT, {"type": "dense"})),
      r"layer 1 \(dense\): dense needs 'units'"),
     ("wrong layer value type", lambda t: spec(t, layers(FLAT, {**OUT, "activation": 1})),

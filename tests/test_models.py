@@ -92,11 +92,6 @@ def test_lenet5_parameter_count():
     ([{"type": "dropout", "rate": 1.5}, *HEAD], r"dropout rate must be a number in \[0, 1\)"),
     ([{"type": "dropout", "rate": "0.5"}, *HEAD], "dropout rate must be a number in"),
     ([{"type": "maxpool", "strides": 0}, *HEAD], "strides must be a positive integer"),
-    ([{"type": "leaky_relu", "alpha": -0.5}, *HEAD], "alpha .* must not be negative"),
-    ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "sigmoid"}],
-     r"layer 1 \(dense\): the last layer's activation must be softmax \(or linear: logits\)"),
-    ([{"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "relu"}],
-     r"layer 2 \(relu\): the last layer's activation must be softmax"),
     ([], "non-empty list"),
 ])
 def test_spec_errors_name_the_layer(layers, message):
@@ -304,6 +299,21 @@ def test_same_pooling_pads_where_keras_pads(kind, size, pool, strides):
     expected = _tf_same_pool(features.detach().numpy(), pool, kind, strides)
     assert pooled.shape[-2:] == expected.shape[-2:]
     np.testing.assert_allclose(pooled.detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([{"type": "leaky_relu", "alpha": -0.5}, *HEAD], "alpha .* must not be negative"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "sigmoid"}],
+     r"layer 1 \(dense\): the last layer's activation must be softmax \(or linear: logits\)"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "relu"}],
+     r"layer 2 \(relu\): the last layer's activation must be softmax"),
+    ([{"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "leaky_relu"}],
+     r"layer 2 \(leaky_relu\): the last layer's activation must be softmax"),
+])
+def test_a_net_about_to_train_meets_rules_a_saved_run_need_not(layers, message):
+    with pytest.raises(SpecError, match=message):
+        models.check_trainable(layers)
+    assert models.build(layers).params > 0  # a run trained before these rules still loads
 
 
 def test_leaky_relu_takes_keras_3s_name_for_its_slope():

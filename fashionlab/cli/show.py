@@ -18,9 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_builds(resolved: dict) -> None:
     """Build the model as `train` would, so that a bad layer is an error here too."""
-    from fashionlab import config
+    from fashionlab import config, data, models
 
     config.check_train(resolved["train"])
+    models.check_trainable(resolved["model"]["layers"])
+    data.class_names(resolved["data"])
     if resolved["train"]["engine"] == "numpy":
         import numpy as np
 
@@ -29,8 +31,6 @@ def check_builds(resolved: dict) -> None:
         numpy_engine.check_config(resolved)
         numpy_net.build(resolved["model"]["layers"], np.random.default_rng(0))
     else:
-        from fashionlab import models
-
         models.build(resolved["model"]["layers"])
 
 

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from fashionlab.train import bf16_net
 
     resolved = config.resolve(args.source, overrides=args.overrides)
+    models.check_trainable(resolved["model"]["layers"])
     print(models.summary(models.build(resolved["model"]["layers"])))
     wide = bf16_net(resolved)
     if wide is not None:
