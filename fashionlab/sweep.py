@@ -180,6 +180,7 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
     if not writer and not path.exists():  # reading: a typo must not leave an empty journal
         raise UserError(f"no sweep journal at {path}")
     _make_folder(path.parent)
+    _check_journal(path)
     lock = JournalFileSymlinkLock(str(path))  # Optuna's own default, shared with the mend
     if writer:
         _mend_journal(path, lock)
@@ -187,6 +188,22 @@ def open_storage(spec: str | None, folder: Path, writer: bool = True):
         return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     except ValueError as e:  # json's errors among them: a line that is not a record
         raise UserError(f"{path} is not a readable sweep journal ({e})") from None
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a file that is not an Optuna journal before anything reads or writes it: a
+    mistyped --storage must not get a user's file cut or appended to."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        first = f.readline(65536)
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and "op_code" in record):
+        raise UserError(f"{path} is not a sweep journal (its first line is not an Optuna "
+                        "record): name a new file, or the sweep's own study.journal")
 
 
 def _mend_journal(path: Path, lock) -> None:

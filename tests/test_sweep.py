@@ -271,9 +271,13 @@ def test_a_journal_torn_by_a_crash_is_mended_by_the_next_writer(files, tiny_data
     study = optuna.load_study(study_name="tiny-space",
                               storage=sweep.open_storage(str(journal), out, writer=False))
     assert len([t for t in study.trials if t.state in FINISHED]) == 2
-    (tmp_path / "notes.journal").write_text("hello\n")
-    assert main(["sweep", "show", "--storage", str(tmp_path / "notes.journal")]) == 2
-    assert "notes.journal is not a readable sweep journal" in capsys.readouterr().err
+    notes = tmp_path / "notes.txt"
+    notes.write_text("line one\nimportant last line")  # a mistyped --storage
+    assert main(["sweep", "show", "--storage", str(notes)]) == 2
+    assert f"{notes} is not a sweep journal" in capsys.readouterr().err
+    assert main([*args, "--trials", "2", "--storage", str(notes)]) == 2
+    assert f"{notes} is not a sweep journal" in capsys.readouterr().err
+    assert notes.read_text() == "line one\nimportant last line"  # not cut, not appended to
 
 
 def test_sweep_needs_a_validation_split(files):
