@@ -371,6 +371,10 @@ def dumps(config: dict) -> str:
 
 
 def digest(config: dict) -> str:
-    """Hash of what changes the result (the recipe header does not), to detect changed configs."""
+    """Hash of what changes the result, to detect changed configs: not the recipe header, nor
+    the class names (labels, not training; leaving them out also keeps the digests of runs
+    and studies made before `data.classes` existed)."""
     relevant = {k: v for k, v in config.items() if k != "recipe"}
+    if isinstance(relevant.get("data"), dict):
+        relevant["data"] = {k: v for k, v in relevant["data"].items() if k != "classes"}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

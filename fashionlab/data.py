@@ -368,7 +368,13 @@ def provenance(ds: DataSet) -> dict:
     """What run.json keeps of a run's data: where it came from and the files' SHA-256, so a
     run is scored on its own files and runs on other data are never taken for seeds of one."""
     return {"source": ds.source, "path": str(Path(ds.path).resolve()), "verified": ds.verified,
-            **({"sha256": dict(ds.files)} if ds.files else {})}
+            **({"sha256": contents(ds)} if ds.files else {})}
+
+
+def contents(ds: DataSet) -> dict[str, str]:
+    """The files' SHA-256 keyed by what they hold, not how they are stored: IDX hashes are of
+    the decompressed bytes, so a gunzipped copy is the same data."""
+    return {name.removesuffix(".gz"): digest for name, digest in ds.files.items()}
 
 
 def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> DataSet:
@@ -384,7 +390,7 @@ def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> Data
         raise DataError(f"this run's data folder {recorded['path']} is gone: name the data "
                         "with --data-dir")
     ds = for_config(recorded["path"], config.get("data", {}))
-    if recorded.get("sha256", ds.files) != ds.files:
+    if recorded.get("sha256", contents(ds)) != contents(ds):
         raise DataError(f"the files in {recorded['path']} changed since this run trained "
                         "(SHA-256 differs): name the data with --data-dir")
     return ds

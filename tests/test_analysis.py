@@ -128,7 +128,7 @@ def test_runs_are_scored_on_their_own_data_or_not_at_all(tmp_path, capsys):
     folder = write_idx_set(tmp_path / "data", n_train=150, n_test=60)
     run = fashionlab.train(copy.deepcopy(CONFIG), data_dir=str(folder), out=str(tmp_path),
                            quiet=True)
-    assert runs.load_run(run).info["data"]["sha256"]["t10k-images-idx3-ubyte.gz"]
+    assert runs.load_run(run).info["data"]["sha256"]["t10k-images-idx3-ubyte"]
     assert main(["evaluate", str(run)]) == 0 and "/60)" in capsys.readouterr().out
     folder.rename(tmp_path / "moved")
     assert main(["evaluate", str(run)]) == 2
@@ -136,6 +136,10 @@ def test_runs_are_scored_on_their_own_data_or_not_at_all(tmp_path, capsys):
         capsys.readouterr().err)
     assert main(["evaluate", str(run), "--data-dir", str(tmp_path / "moved")]) == 0
     assert "/60)" in capsys.readouterr().out
+    shutil.rmtree(folder)
+    write_idx_set(folder, n_train=150, n_test=60, gz=False)  # the same data, gunzipped
+    assert main(["evaluate", str(run)]) == 0
+    capsys.readouterr()
     write_idx_set(folder, n_train=150, n_test=70)
     assert main(["evaluate", str(run)]) == 2
     assert "changed since this run trained (SHA-256 differs)" in capsys.readouterr().err

@@ -168,3 +168,13 @@ def test_bf16_model_table_replaces_the_layers_unless_one_is_set(tiny_config):
 def test_bad_bf16_tables(tiny_config, table, message):
     with pytest.raises(SpecError, match=message):
         config.resolve({**tiny_config, "bf16": table})
+
+
+def test_class_names_do_not_change_a_configs_digest():
+    """Names are labels, not training: runs and sweeps made before data.classes existed keep
+    their digests, and renaming classes does not split a seed group."""
+    names = "data.classes=" + str([f"c{i}" for i in range(10)]).replace("'", '"')
+    assert config.digest(config.resolve("weil-fc")) == config.digest(
+        config.resolve("weil-fc", overrides=[names]))
+    assert config.digest(config.resolve("weil-fc")) != config.digest(
+        config.resolve("weil-fc", overrides=["train.epochs=3"]))
