@@ -136,10 +136,10 @@ def test_runs_are_scored_on_their_own_data_or_not_at_all(tmp_path, capsys):
         capsys.readouterr().err)
     assert main(["evaluate", str(run), "--data-dir", str(tmp_path / "moved")]) == 0
     assert "/60)" in capsys.readouterr().out
-    shutil.rmtree(folder)
     write_idx_set(folder, n_train=150, n_test=60, gz=False)  # the same data, gunzipped
     assert main(["evaluate", str(run)]) == 0
     capsys.readouterr()
+    shutil.rmtree(folder)
     write_idx_set(folder, n_train=150, n_test=70)
     assert main(["evaluate", str(run)]) == 2
     assert "changed since this run trained (SHA-256 differs)" in capsys.readouterr().err
