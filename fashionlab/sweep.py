@@ -331,7 +331,8 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
                                     pruner=pruners[pruner](), load_if_exists=True)
     recorded = the_study.user_attrs.get("config")
     searched = json.loads(json.dumps([vars(p) | {"choices": list(p.choices)} for p in space]))
-    images = str(data.source_dir(data_dir)[1].resolve())
+    recorded_data = data.provenance(data.for_config(data_dir, base["data"]))
+    images = recorded_data.get("sha256") or recorded_data["path"]  # the same files anywhere
     if recorded is None:
         the_study.set_user_attr("config", cfg.dumps(base))
         the_study.set_user_attr("space", searched)
@@ -341,7 +342,7 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
         other = [what for what, differs in (
             ("config", cfg.digest(cfg.parse_toml(recorded, name)) != cfg.digest(base)),
             ("search space", the_study.user_attrs.get("space") != searched),
-            ("data folder", the_study.user_attrs.get("data", images) != images)) if differs]
+            ("data", the_study.user_attrs.get("data", images) != images)) if differs]
         if other:
             raise UserError(f"study {name!r} was started with another {' and '.join(other)}; "
                             "give --study NAME for a new study (sweeps never mix experiments)")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_idx_set
 
 optuna = pytest.importorskip("optuna")
 
@@ -205,10 +206,11 @@ def test_another_config_under_the_same_study_is_refused(files, tiny_data, tmp_pa
     other_space.write_text(SPACE.replace("high = 24", "high = 32"))
     with pytest.raises(UserError, match="started with another search space;"):
         sweep.sweep(str(recipe), other_space, 2, epochs=1, **common)
-    other_data = shutil.copytree(tiny_data, tmp_path / "copy")
-    with pytest.raises(UserError, match="started with another data folder;"):
-        sweep.sweep(str(recipe), space, 2, epochs=1, **{**common, "data_dir": str(other_data)})
-    sweep.sweep(str(recipe), space, 2, epochs=1, **common)  # the same experiment goes on
+    copy = shutil.copytree(tiny_data, tmp_path / "copy")  # another machine's copy: the same
+    sweep.sweep(str(recipe), space, 2, epochs=1, **{**common, "data_dir": str(copy)})
+    other = write_idx_set(tmp_path / "other", n_train=150)
+    with pytest.raises(UserError, match="started with another data;"):
+        sweep.sweep(str(recipe), space, 3, epochs=1, **{**common, "data_dir": str(other)})
 
 
 def test_a_trial_scores_the_weights_it_kept_whatever_early_stopping_monitors(files, tiny_data,
