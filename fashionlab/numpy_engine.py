@@ -92,7 +92,8 @@ def train(config: dict, data_dir: str | None = None, out: str | None = None,
     init_rng, *rest = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     rngs = dict(zip(("order", "dropout"), rest, strict=True))
     net = numpy_net.build(config["model"]["layers"], init_rng)
-    ds = data.for_config(data_dir, config["data"])
+    ds = (data.for_config(data_dir, config["data"]) if resume is None
+          else data.of_run(runs.read_info(Path(resume)), config, data_dir))
     train_idx, val_idx = data.split(len(ds.train_y), config["data"]["val"], seed)
     velocity: dict[str, np.ndarray] = {}
     loop = {"epoch": 0, "history": [], "best": math.nan, "best_epoch": 0, "seconds": 0.0}

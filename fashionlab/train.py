@@ -137,7 +137,6 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         if run.finished:
             return run_dir
         config = _resume_config(run, flags, overrides, force, quiet)
-        data_dir = data_dir or run.info.get("data", {}).get("path")
     else:
         config = cfg.resolve(source, flags, overrides)
     train_cfg = config["train"]
@@ -173,7 +172,8 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     channels_last = hardware.use_channels_last(train_cfg["channels_last"], net.is_conv)
     dft_convs = convs.convert(net.module, train_cfg["conv"], dev, precision)
     matmul_convs = convs.whole_input(net, train_cfg["conv"], dev)
-    ds = data.for_config(data_dir, config["data"])
+    ds = (data.for_config(data_dir, config["data"]) if resume is None  # else its own data,
+          else data.of_run(run.info, config, data_dir))               # unchanged
     tensors = to_tensors(ds, config["data"]["val"], seed, dev)
     distributed.check_shards(len(tensors.y_train), train_cfg["batch_size"])  # before a folder
     if len(tensors.y_val) == 0 and train_cfg["patience"]:

@@ -367,6 +367,14 @@ def test_resume_removes_what_a_kill_mid_write_left(tiny_config, tiny_data, tmp_p
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
 
 
+def test_resume_goes_on_only_on_the_runs_own_data(tiny_config, tiny_data, tmp_path, capsys):
+    run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
+    write_idx_set(tiny_data, n_train=150)  # the folder now holds other images
+    assert main(["train", "--resume", str(run), "-q", "--no-plots"]) == 2
+    assert "changed since this run trained (SHA-256 differs)" in capsys.readouterr().err
+    assert runs.read_info(run)["state"] != "finished"
+
+
 def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data, tmp_path,
                                                           capsys):
     run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
