@@ -93,14 +93,15 @@ def _data_section(ds: data.DataSet | None, note: str, source: str) -> str:
 
 
 def _datasets(entries: list[compare.Entry], data_dir: str | Path | None
-              ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], tuple]]:
+              ) -> tuple[list[tuple], dict[tuple, tuple]]:
     """Each run's own data set, loaded once per folder: a report may compare runs trained on
     different data, and each run's figures and class names must come from its own."""
     keys, loaded = [], {}
     for e in entries:
         info, config = e.run.info, e.run.config
         key = (str(data_dir or info.get("data", {}).get("path", "")),
-               config.get("data", {}).get("dataset", "fashion-mnist"))
+               config.get("data", {}).get("dataset", "fashion-mnist"),
+               tuple(config.get("data", {}).get("classes", ())))  # each run's own names
         if key not in loaded:
             try:
                 loaded[key] = data.of_run(info, config, data_dir), ""

@@ -175,7 +175,8 @@ def test_a_data_set_s_own_class_names_reach_every_output(tiny, tmp_path, capsys)
     files = {"classes.txt": ""}
     torch.jit.load(str(tmp_path / "m.pt"), _extra_files=files)
     assert json.loads(files["classes.txt"]) == names
-    assert "<td class=l>nine</td>" in report.build([run])  # the per-class table
+    html = report.build([tiny["seed1"], run])  # same data, run #2 with its own names
+    assert "<td class=l>nine</td>" in html and "<td class=l>9</td>" in html
 
 
 def test_compare_cli_refuses_unfinished_run(tiny, tmp_path, capsys):
