@@ -268,7 +268,7 @@ def plot_run(run: runs.Run | str | Path, data_dir: str | Path | None = None,
     except UserError as e:
         ds = None
         done.notes.append(f"data not loadable ({e}): sample, mistake and train plots skipped")
-    classes = ds.classes if ds else (data.CLASSES if len(probs[0]) == 10 else ())
+    classes = ds.classes if ds else data.class_names(run.config.get("data", {}))
     cm = metrics.confusion_matrix(labels, probs.argmax(1), len(classes))
     done.files += save(confusion_figure(cm, classes, f"{name}: test confusion"),
                        folder / "confusion_test", formats)
