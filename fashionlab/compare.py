@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionlab import callable_module, runs, stats
+from fashionlab import callable_module, data, runs, stats
 from fashionlab import config as cfg
 from fashionlab.errors import UserError
 
@@ -57,7 +57,8 @@ def seed_group(run: runs.Run) -> str:
     config.get("train", {}).pop("seed", None)
     recorded = run.info.get("data", {})
     return cfg.digest({**config, "baseline": run.info.get("baseline", {}),
-                       "data": recorded.get("sha256") or recorded.get("path", "")})
+                       "data": data.by_content(recorded.get("sha256") or {})
+                       or recorded.get("path", "")})
 
 
 def entry(run: runs.Run) -> Entry:

@@ -374,7 +374,12 @@ def provenance(ds: DataSet) -> dict:
 def contents(ds: DataSet) -> dict[str, str]:
     """The files' SHA-256 keyed by what they hold, not how they are stored: IDX hashes are of
     the decompressed bytes, so a gunzipped copy is the same data."""
-    return {name.removesuffix(".gz"): digest for name, digest in ds.files.items()}
+    return by_content(ds.files)
+
+
+def by_content(hashes: dict[str, str]) -> dict[str, str]:
+    """File hashes keyed without `.gz` (run.json recorded them with it for a while)."""
+    return {name.removesuffix(".gz"): digest for name, digest in hashes.items()}
 
 
 def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> DataSet:
@@ -390,7 +395,7 @@ def of_run(info: dict, config: dict, data_dir: str | Path | None = None) -> Data
         raise DataError(f"this run's data folder {recorded['path']} is gone: name the data "
                         "with --data-dir")
     ds = for_config(recorded["path"], config.get("data", {}))
-    if recorded.get("sha256", contents(ds)) != contents(ds):
+    if by_content(recorded.get("sha256", contents(ds))) != contents(ds):
         raise DataError(f"the files in {recorded['path']} changed since this run trained "
                         "(SHA-256 differs): name the data with --data-dir")
     return ds

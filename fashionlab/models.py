@@ -358,7 +358,7 @@ def check_trainable(layers: list) -> None:
     kind = last.get("type")
     name = kind if kind in ("relu", "leaky_relu", "tanh", "sigmoid") else (
         last.get("activation", "linear") if kind in ("dense", "conv2d") else "linear")
-    if name in ACTIVATIONS and name not in ("softmax", "linear"):  # others: build says
+    if isinstance(name, str) and name in ACTIVATIONS and name not in ("softmax", "linear"):
         raise SpecError(f"layer {i} ({kind}): the last layer's activation must be softmax (or "
                         f"linear: logits); {name} outputs are not class probabilities, and the "
                         "loss would take them for logits")

@@ -74,15 +74,19 @@ def train_seeds(source: str | dict, seeds: list[int], *, flags: dict | None = No
         raise
 
 
-def resume_group(group: str | Path, quiet: bool = False, force: bool = False) -> Path:
+def resume_group(group: str | Path, quiet: bool = False, force: bool = False,
+                 data_dir: str | None = None) -> Path:
     """Finish a stopped group: keep its finished seeds, resume the one a signal stopped, train
-    the ones never started, with the config the group began with."""
+    the ones never started, with the config the group began with (on `data_dir` where its
+    own data has moved)."""
     group = Path(group)
     summary = read_group(group)
     if "config" not in summary:
         raise UserError(f"{group} was made before groups could be resumed (no config in "
                         "group.json): train the missing seeds with --seeds again")
-    return _train_group(group, summary, quiet, force)
+    if data_dir:
+        summary["data_dir"] = str(Path(data_dir).resolve())
+    return _train_group(group, summary, quiet, force, data_dir)
 
 
 def read_group(group: Path) -> dict:
@@ -92,7 +96,8 @@ def read_group(group: Path) -> dict:
         raise UserError(f"{group}/group.json is unreadable ({e})") from None
 
 
-def _train_group(group: Path, summary: dict, quiet: bool, force: bool = False) -> Path:
+def _train_group(group: Path, summary: dict, quiet: bool, force: bool = False,
+                 data_dir: str | None = None) -> Path:
     """Each seed not yet in the summary: resumed where its run folder exists, else trained."""
     from fashionlab.train import train
 
@@ -111,7 +116,8 @@ def _train_group(group: Path, summary: dict, quiet: bool, force: bool = False) -
             if seed in started and runs.read_info(started[seed]).get("state") == "finished":
                 path = started[seed]
             elif seed in started:
-                path = train(None, resume=started[seed], quiet=quiet, force=force)
+                path = train(None, resume=started[seed], quiet=quiet, force=force,
+                             data_dir=data_dir)
             else:
                 path = train(config, flags={"train.seed": seed}, data_dir=summary["data_dir"],
                              out=str(group), quiet=quiet)

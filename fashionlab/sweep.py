@@ -128,9 +128,9 @@ def read_space(path: str | Path, base: dict | None = None) -> list[Param]:
 
 def _check_model(config: dict) -> None:
     from fashionlab import models
-    from fashionlab.train import bf16_net
+    from fashionlab.train import bf16_net, check_nets
 
-    models.check_trainable(config["model"]["layers"])
+    check_nets(config)
     models.build(config["model"]["layers"])
     bf16_net(config)
 
@@ -197,6 +197,8 @@ def _check_journal(path: Path) -> None:
         return
     with open(path, "rb") as f:
         first = f.readline(65536)
+    if not first.endswith(b"\n") and first.startswith(b'{"op_code"'):
+        return  # a first record torn mid-write: the mend's case
     try:
         record = json.loads(first)
     except ValueError:
@@ -224,6 +226,14 @@ def _mend_journal(path: Path, lock) -> None:
               file=sys.stderr)
     finally:
         lock.release()
+
+
+def _same_data(recorded: Any, images: Any, path: str) -> bool:
+    """A study's data, as recorded (the files' SHA-256; a folder's path for studies begun
+    before the hashes were kept), and this worker's."""
+    if isinstance(recorded, str):
+        return recorded == path
+    return data.by_content(recorded) == images
 
 
 def _make_folder(folder: Path) -> None:
@@ -332,7 +342,7 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
     recorded = the_study.user_attrs.get("config")
     searched = json.loads(json.dumps([vars(p) | {"choices": list(p.choices)} for p in space]))
     recorded_data = data.provenance(data.for_config(data_dir, base["data"]))
-    images = recorded_data.get("sha256") or recorded_data["path"]  # the same files anywhere
+    images = data.by_content(recorded_data.get("sha256") or {}) or recorded_data["path"]
     if recorded is None:
         the_study.set_user_attr("config", cfg.dumps(base))
         the_study.set_user_attr("space", searched)
@@ -342,7 +352,8 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
         other = [what for what, differs in (
             ("config", cfg.digest(cfg.parse_toml(recorded, name)) != cfg.digest(base)),
             ("search space", the_study.user_attrs.get("space") != searched),
-            ("data", the_study.user_attrs.get("data", images) != images)) if differs]
+            ("data", not _same_data(the_study.user_attrs.get("data", images), images,
+                                     recorded_data["path"]))) if differs]
         if other:
             raise UserError(f"study {name!r} was started with another {' and '.join(other)}; "
                             "give --study NAME for a new study (sweeps never mix experiments)")

@@ -141,17 +141,16 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
         config = cfg.resolve(source, flags, overrides)
     train_cfg = config["train"]
     cfg.check_train(train_cfg)
-    models.check_trainable(config["model"]["layers"])
+    check_nets(config)
     data.class_names(config["data"])
-    if train_cfg["tta_flip"] and not config["augment"]["flip"] and resume is None and (
-            not quiet and distributed.is_main()):
-        print("warning: train.tta_flip averages in mirrored test images, but the net never "
-              "trains on mirrored ones (augment.flip = 0): it may score lower", file=sys.stderr)
+    warn = not quiet and resume is None and distributed.is_main()
     if train_cfg["engine"] == "numpy":
         from fashionlab import numpy_engine
 
-        return numpy_engine.train(cfg.for_precision(config, "fp32"), data_dir=data_dir,
-                                  out=out, quiet=quiet, hooks=hooks, resume=resume)
+        config = cfg.for_precision(config, "fp32")
+        _warn_tta(config, warn)
+        return numpy_engine.train(config, data_dir=data_dir, out=out, quiet=quiet, hooks=hooks,
+                                  resume=resume)
     seed = train_cfg["seed"]
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -159,6 +158,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     dev = hardware.device()
     table = cfg.bf16_keys(config)
     config, net, precision = prepare(config, dev)
+    _warn_tta(config, warn)
     bf16_keys = {k: _shown(v, net) for k, v in table.items()} if precision == "bf16" else {}
     if not quiet and distributed.is_main():
         note = hardware.fewer_threads_note(torch.get_num_threads(), hardware.usable_cores())
@@ -228,6 +228,23 @@ def prepare(config: dict, dev: torch.device) -> tuple[dict, models.Net, str]:
         torch.manual_seed(config["train"]["seed"])
         net = bf16_net(config)
     return cfg.for_precision(config, precision), net, precision
+
+
+def check_nets(config: dict) -> None:
+    """models.check_trainable on the recipe's net and its [bf16] table's (errors say whose)."""
+    models.check_trainable(config["model"]["layers"])
+    if cfg.bf16_layers(config) is not None:
+        try:
+            models.check_trainable(cfg.bf16_layers(config))
+        except SpecError as e:
+            raise SpecError(f"[bf16] model: {e}") from None
+
+
+def _warn_tta(config: dict, warn: bool) -> None:
+    """On the config that trains ([bf16] keys applied or not)."""
+    if warn and config["train"]["tta_flip"] and not config["augment"]["flip"]:
+        print("warning: train.tta_flip averages in mirrored test images, but the net never "
+              "trains on mirrored ones (augment.flip = 0): it may score lower", file=sys.stderr)
 
 
 def bf16_net(config: dict) -> models.Net | None:

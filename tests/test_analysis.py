@@ -138,6 +138,10 @@ def test_runs_are_scored_on_their_own_data_or_not_at_all(tmp_path, capsys):
     assert "/60)" in capsys.readouterr().out
     write_idx_set(folder, n_train=150, n_test=60, gz=False)  # the same data, gunzipped
     assert main(["evaluate", str(run)]) == 0
+    info = runs.read_info(run)  # as run.json recorded them for a while: keyed with .gz
+    runs.write_json(run / "run.json", {**info, "data": {**info["data"], "sha256": {
+        f"{k}.gz": v for k, v in info["data"]["sha256"].items()}}})
+    assert main(["evaluate", str(run)]) == 0
     capsys.readouterr()
     shutil.rmtree(folder)
     write_idx_set(folder, n_train=150, n_test=70)

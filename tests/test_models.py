@@ -322,3 +322,10 @@ def test_leaky_relu_takes_keras_3s_name_for_its_slope():
                         {"type": "dense", "units": 10, "activation": "softmax"}])
     assert [m.negative_slope for m in net.module.modules()
             if isinstance(m, torch.nn.LeakyReLU)] == [0.1]
+
+
+def test_check_trainable_leaves_bad_values_to_build():
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": ["softmax"]}]
+    models.check_trainable(layers)  # not its business: build names the type
+    with pytest.raises(SpecError, match=r"activation must be of type str, got \['softmax'\]"):
+        models.build(layers)

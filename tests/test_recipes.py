@@ -277,3 +277,13 @@ def test_ctrl_c_in_reproduce_says_how_to_resume_the_table(tmp_path: Path, capsys
     assert capsys.readouterr().err == (
         f"fashionlab: interrupted; resume with: fashionlab reproduce weil --max-epochs 1 --out "
         f"{out} -o {table} --resume\n")
+
+
+def test_show_checks_a_bf16_tables_net_as_it_would_train(tiny_config, tmp_path, capsys):
+    wide = [dict(layer) for layer in tiny_config["model"]["layers"]]
+    wide[-1]["activation"] = "sigmoid"
+    spec = tmp_path / "spec.toml"
+    spec.write_text(config.dumps({**tiny_config, "bf16": {"model": {"layers": wide}}}))
+    assert main(["show", str(spec)]) == 2
+    assert "[bf16] model: layer 2 (dense): the last layer's activation must be softmax" in (
+        capsys.readouterr().err)

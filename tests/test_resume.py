@@ -375,6 +375,14 @@ def test_resume_goes_on_only_on_the_runs_own_data(tiny_config, tiny_data, tmp_pa
     assert runs.read_info(run)["state"] != "finished"
 
 
+def test_a_resume_may_not_switch_engines(tiny_config, tiny_data, tmp_path, capsys):
+    run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
+    assert main(["train", "--resume", str(run), "--engine", "numpy", "--force", "-q"]) == 2
+    assert "trains with the torch engine, whose checkpoint the numpy engine cannot go on" in (
+        capsys.readouterr().err)
+    assert runs.load_run(run, require_finished=False).config["train"]["engine"] == "torch"
+
+
 def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data, tmp_path,
                                                           capsys):
     run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")

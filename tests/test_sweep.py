@@ -442,3 +442,24 @@ def test_a_dead_workers_trial_fails_and_so_does_its_runs_state(tmp_path):
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     assert runs.read_info(run)["state"] == "failed"
     assert runs.read_info(run)["reason"] == "its sweep worker died"
+
+
+def test_older_studies_and_a_torn_first_record_go_on(files, tiny_data, tmp_path, capsys):
+    """A study begun when the data was recorded as a folder's path continues on that folder;
+    a journal whose very first record a crash tore is mended, not refused."""
+    recipe, space = files
+    out = tmp_path / "sw"
+    args = ["sweep", str(recipe), "--space", str(space), "--out", str(out), "--data-dir",
+            str(tiny_data), "--pruner", "none", "--epochs", "1", "-q"]
+    assert main([*args, "--trials", "1"]) == 0
+    journal = out / "study.journal"
+    storage = sweep.open_storage(str(journal), out)
+    optuna.load_study(study_name="tiny-space", storage=storage).set_user_attr(
+        "data", str(tiny_data.resolve()))
+    assert main([*args, "--trials", "2"]) == 0
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "study.journal").write_bytes(journal.read_bytes().split(b"\n")[0][:80])
+    capsys.readouterr()
+    assert main([*args[:4], "--out", str(torn), *args[6:], "--trials", "1"]) == 0
+    assert "cut a torn last record" in capsys.readouterr().err

@@ -19,9 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_builds(resolved: dict) -> None:
     """Build the model as `train` would, so that a bad layer is an error here too."""
     from fashionlab import config, data, models
+    from fashionlab.train import check_nets
 
     config.check_train(resolved["train"])
-    models.check_trainable(resolved["model"]["layers"])
+    check_nets(resolved)
     data.class_names(resolved["data"])
     if resolved["train"]["engine"] == "numpy":
         import numpy as np

@@ -17,10 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fashionlab import config, models
-    from fashionlab.train import bf16_net
+    from fashionlab.train import bf16_net, check_nets
 
     resolved = config.resolve(args.source, overrides=args.overrides)
-    models.check_trainable(resolved["model"]["layers"])
+    check_nets(resolved)
     print(models.summary(models.build(resolved["model"]["layers"])))
     wide = bf16_net(resolved)
     if wide is not None:

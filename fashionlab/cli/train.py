@@ -123,7 +123,8 @@ def _resume_group(args: argparse.Namespace) -> int:
     if given or args.overrides or args.seeds or args.distributed:
         raise UserError("--resume GROUP finishes the seeds with the config they began with: "
                         "drop other options")
-    group = seeds.resume_group(args.resume, quiet=args.quiet, force=args.force)
+    group = seeds.resume_group(args.resume, quiet=args.quiet, force=args.force,
+                               data_dir=args.data_dir)
     print(f"group: {group}")
     print(seeds.format_group(group))
     return 0
