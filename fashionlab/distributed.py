@@ -103,6 +103,14 @@ def finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t))
 
 
+def stopping(signum: int | None, dev: torch.device) -> int | None:
+    """The signal any rank has caught, agreed by all (one all-reduce): a rank that stopped a
+    step before the others would leave them waiting in a collective."""
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=dev)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
 def average_buffers(module: nn.Module) -> None:
     """Average float buffers (batch-norm running statistics) over the ranks."""
     world = rank_world()[1]

@@ -361,7 +361,10 @@ def _fit(net: models.Net, config: dict, t: Tensors, run_dir: Path, dev: torch.de
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{train_cfg['epochs']}", disable=not show,
                    leave=False, unit="step")
         for step in range(steps):
-            if interrupt.signum is not None:  # drop the partial epoch; the last one is saved
+            stop = interrupt.signum if world == 1 else (  # ranks stop at one agreed step
+                distributed.stopping(interrupt.signum, dev) if step % CHECK_EVERY == 0 else None)
+            if stop is not None:  # drop the partial epoch; the last one is saved
+                interrupt.signum = stop
                 raise interrupt.error(f"during epoch {epoch} (last saved: epoch {loop.epoch})")
             whole = perm[step * batch:(step + 1) * batch if step + 1 < steps else n]
             idx = whole[rank::world]
