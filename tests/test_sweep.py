@@ -257,21 +257,25 @@ def test_ctrl_c_in_a_trial_says_to_rerun_the_sweep(files, tiny_data, tmp_path, c
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
+def _one_trial_sweep(files, data_dir: Path, out: Path) -> tuple[list[str], Path]:
+    """A one-trial sweep run from the CLI; the arguments (without --trials) and its journal."""
+    recipe, space = files
+    args = ["sweep", str(recipe), "--space", str(space), "--out", str(out), "--data-dir",
+            str(data_dir), "--pruner", "none", "--epochs", "1", "-q"]
+    assert main([*args, "--trials", "1"]) == 0
+    return args, out / "study.journal"
+
+
 def test_a_journal_torn_by_a_crash_is_mended_by_the_next_writer(files, tiny_data, tmp_path,
                                                                 capsys):
-    recipe, space = files
-    out = tmp_path / "sw"
-    args = ["sweep", str(recipe), "--space", str(space), "--out", str(out), "--data-dir",
-            str(tiny_data), "--pruner", "none", "--epochs", "1", "-q"]
-    assert main([*args, "--trials", "1"]) == 0
-    journal = out / "study.journal"
+    args, journal = _one_trial_sweep(files, tiny_data, tmp_path / "sw")
     whole = journal.read_bytes()
     journal.write_bytes(whole[:-37])  # the last record's tail never reached the disk
     capsys.readouterr()
     assert main([*args, "--trials", "2"]) == 0
     assert f"note: {journal}: cut a torn last record" in capsys.readouterr().err
-    study = optuna.load_study(study_name="tiny-space",
-                              storage=sweep.open_storage(str(journal), out, writer=False))
+    storage = sweep.open_storage(str(journal), journal.parent, writer=False)
+    study = optuna.load_study(study_name="tiny-space", storage=storage)
     assert len([t for t in study.trials if t.state in FINISHED]) == 2
     notes = tmp_path / "notes.txt"
     notes.write_text("line one\nimportant last line")  # a mistyped --storage
@@ -447,13 +451,8 @@ def test_a_dead_workers_trial_fails_and_so_does_its_runs_state(tmp_path):
 def test_older_studies_and_a_torn_first_record_go_on(files, tiny_data, tmp_path, capsys):
     """A study begun when the data was recorded as a folder's path continues on that folder;
     a journal whose very first record a crash tore is mended, not refused."""
-    recipe, space = files
-    out = tmp_path / "sw"
-    args = ["sweep", str(recipe), "--space", str(space), "--out", str(out), "--data-dir",
-            str(tiny_data), "--pruner", "none", "--epochs", "1", "-q"]
-    assert main([*args, "--trials", "1"]) == 0
-    journal = out / "study.journal"
-    storage = sweep.open_storage(str(journal), out)
+    args, journal = _one_trial_sweep(files, tiny_data, tmp_path / "sw")
+    storage = sweep.open_storage(str(journal), journal.parent)
     optuna.load_study(study_name="tiny-space", storage=storage).set_user_attr(
         "data", str(tiny_data.resolve()))
     assert main([*args, "--trials", "2"]) == 0
