@@ -140,9 +140,7 @@ def train(source: str | dict, *, flags: dict | None = None, overrides: list[str]
     else:
         config = cfg.resolve(source, flags, overrides)
     train_cfg = config["train"]
-    cfg.check_train(train_cfg)
-    check_nets(config)
-    data.class_names(config["data"])
+    check_config(config)
     warn = not quiet and resume is None and distributed.is_main()
     if train_cfg["engine"] == "numpy":
         from fashionlab import numpy_engine
@@ -228,6 +226,13 @@ def prepare(config: dict, dev: torch.device) -> tuple[dict, models.Net, str]:
         torch.manual_seed(config["train"]["seed"])
         net = bf16_net(config)
     return cfg.for_precision(config, precision), net, precision
+
+
+def check_config(config: dict) -> None:
+    """What a config about to train must meet beyond its single keys (train and show)."""
+    cfg.check_train(config["train"])
+    check_nets(config)
+    data.class_names(config["data"])
 
 
 def check_nets(config: dict) -> None:

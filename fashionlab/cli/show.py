@@ -18,12 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_builds(resolved: dict) -> None:
     """Build the model as `train` would, so that a bad layer is an error here too."""
-    from fashionlab import config, data, models
-    from fashionlab.train import check_nets
+    from fashionlab import models
+    from fashionlab.train import check_config
 
-    config.check_train(resolved["train"])
-    check_nets(resolved)
-    data.class_names(resolved["data"])
+    check_config(resolved)
     if resolved["train"]["engine"] == "numpy":
         import numpy as np
 
