@@ -383,6 +383,14 @@ def test_a_resume_may_not_switch_engines(tiny_config, tiny_data, tmp_path, capsy
     assert runs.load_run(run, require_finished=False).config["train"]["engine"] == "torch"
 
 
+def test_a_run_started_without_plots_is_resumed_without_them(tiny_config, tiny_data, tmp_path):
+    run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")
+    info = runs.read_info(run)
+    runs.write_json(run / "run.json", {**info, "command": "fashionlab train x.toml --no-plots"})
+    assert main(["train", "--resume", str(run), "-q"]) == 0
+    assert runs.read_info(run)["state"] == "finished" and not (run / "plots").exists()
+
+
 def test_resume_without_a_checkpoint_says_it_starts_again(tiny_config, tiny_data, tmp_path,
                                                           capsys):
     run = interrupted_run(tiny_config, tiny_data, tmp_path / "runs")

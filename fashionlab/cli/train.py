@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: test accuracy {m['test_accuracy']:.1%} is chance level (10 classes): "
               "the net learned nothing; a learning rate far too high or too low is the usual "
               "cause", file=sys.stderr)
+    if args.resume and "--no-plots" in run.info.get("command", "").split():
+        args.no_plots = True  # as the run was started
     if not finished:  # a finished run has its figures, or was asked for none
         after_run(run, args)
     return 0
