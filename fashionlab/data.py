@@ -292,8 +292,8 @@ def load(data_dir: str | Path | None = None, dataset: str = "fashion-mnist") -> 
             raise DataError(f"{folder}: files do not match the SHA-256 of Fashion-MNIST "
                             "(modified or another data set; data set 'any' takes them: "
                             "--dataset any, or data.dataset = \"any\" in a spec)")
-    classes = CLASSES if dataset == "fashion-mnist" else tuple(str(i) for i in range(10))
-    return DataSet(train_x, train_y, test_x, test_y, source, folder, verified, classes, hashes)
+    return DataSet(train_x, train_y, test_x, test_y, source, folder, verified,
+                   class_names({"dataset": dataset}), hashes)
 
 
 def split(n: int, val: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -61,13 +61,18 @@ def best_epoch(history: list[dict]) -> int | None:
     return int(max(rows, key=lambda r: r["val_accuracy"])["epoch"]) if rows else None
 
 
+def has_validation(history: list[dict]) -> bool:
+    """Whether any epoch was scored on validation images (a run with val = none has NaNs)."""
+    return any(not math.isnan(r.get("val_loss", math.nan)) for r in history)
+
+
 def curves_figure(history: list[dict], title: str = "", best: int | None = None) -> plt.Figure:
     """Accuracy and loss per epoch; `best` is the run's own best epoch (by its train.monitor,
     metrics.json), else the one with the highest validation accuracy."""
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     epochs = [r["epoch"] for r in history]
     style = {"marker": "o", "markersize": 3}
-    validated = any(not math.isnan(r.get("val_loss", math.nan)) for r in history)
+    validated = has_validation(history)
     for ax, key, name in ((acc, "accuracy", "accuracy"), (loss, "loss", "loss")):
         ax.plot(epochs, [r[key] for r in history], color=TRAIN, label=f"training {name}",
                 **style)

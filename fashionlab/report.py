@@ -200,12 +200,15 @@ def _run_section(i: int, e: compare.Entry, ds: data.DataSet | None) -> str:
         monitor = run.config.get("train", {}).get("monitor", "val_accuracy")
         caption = (f"Best epoch by {monitor.replace('val_', 'validation ')}: {best}. "
                    if best else "")
-        has_val = any(r.get("val_loss", math.nan) == r.get("val_loss") for r in run.history)
-        caption += (f"Overfitting from epoch {onset}: validation loss rises from there while "
-                    "training loss keeps falling." if onset else "No sign of overfitting by "
-                    "the rule (2+ epochs after the validation loss minimum, the last with "
-                    "higher validation loss and lower training loss)." if has_val else
-                    "No validation split: nothing to judge overfitting by.")
+        if onset:
+            caption += (f"Overfitting from epoch {onset}: validation loss rises from there "
+                        "while training loss keeps falling.")
+        elif plots.has_validation(run.history):
+            caption += ("No sign of overfitting by the rule (2+ epochs after the validation "
+                        "loss minimum, the last with higher validation loss and lower training "
+                        "loss).")
+        else:
+            caption += "No validation split: nothing to judge overfitting by."
         out += ["<h3>Training curves</h3>",
                 _img(plots.curves_figure(run.history, e.model, best), "training curves",
                      caption)]

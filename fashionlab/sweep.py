@@ -342,7 +342,7 @@ def sweep(source: str | dict, space_file: str | Path, trials: int, *, epochs: in
     recorded = the_study.user_attrs.get("config")
     searched = json.loads(json.dumps([vars(p) | {"choices": list(p.choices)} for p in space]))
     recorded_data = data.provenance(data.for_config(data_dir, base["data"]))
-    images = data.by_content(recorded_data.get("sha256") or {}) or recorded_data["path"]
+    images = recorded_data.get("sha256") or recorded_data["path"]
     if recorded is None:
         the_study.set_user_attr("config", cfg.dumps(base))
         the_study.set_user_attr("space", searched)
