@@ -19,6 +19,8 @@ BLOCKS = {
     "throughput": [DOCS / "bench" / "throughput.md"],
     "vs-keras-amx": [DOCS / "bench" / "vs_keras_amx.md"],
     "throughput-amx": [DOCS / "bench" / "throughput_amx.md"],
+    "vs-keras-epyc-bf16": [DOCS / "bench" / "vs_keras_epyc_bf16.md"],
+    "throughput-epyc-bf16": [DOCS / "bench" / "throughput_epyc_bf16.md"],
     "convs": [DOCS / "bench" / "convs.md"],
     "compare": [DOCS / "figures" / "compare.txt"],
 }
