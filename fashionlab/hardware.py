@@ -99,7 +99,8 @@ def resolve_precision(requested: str, dev: torch.device, conv_flops: int) -> str
     in fp32 (batch-32 matmuls of a few hundred features are too small for AMX). On an AMD
     EPYC with AVX-512-BF16 and no AMX the conv nets split the same way, by smaller margins
     (LeNet-5 3% faster in fp32, weil-cnn 3% and quick-cnn 23% faster in bf16, the big nets
-    1.5-1.9x), but two of three FC recipes were 1.1-1.5x faster in bf16: not yet acted on.
+    1.5-1.9x); of the FC recipes only report 002's trained faster in bf16 there (1.2x an
+    epoch), too little to give that class a rule of its own.
     On CUDA too: these nets are small enough that a step is bound by kernel launches, and
     autocast adds a cast kernel per layer, so on an H200 a training step under bf16 took as
     long as TF32's or up to 1.4x longer for every recipe timed (docs/speed.md, bench/gpu.py).
